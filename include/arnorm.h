@@ -54,6 +54,12 @@
 extern "C" {
 #endif
 
+#if defined(__GNUC__)
+#define ARNORM_API __attribute__((visibility("default")))
+#else
+#define ARNORM_API
+#endif
+
 #define ARNORM_MAJOR 0
 #define ARNORM_MINOR 1
 #define ARNORM_PATCH 0
@@ -176,48 +182,48 @@ typedef struct {
 
 /* ---------------------------------------------------------------- errors, version */
 
-const char *arnormGetErrorString(arnormResult_t result);
-const char *arnormGetReasonString(arnormReason_t reason);
-const char *arnormGetAlgoString(arnormAlgo_t algo);
+ARNORM_API const char *arnormGetErrorString(arnormResult_t result);
+ARNORM_API const char *arnormGetReasonString(arnormReason_t reason);
+ARNORM_API const char *arnormGetAlgoString(arnormAlgo_t algo);
 /* Last error message of `comm`, or of this thread's last call without a usable comm when
  * `comm` is NULL (init failures, invalid handles). Never NULL; "" when none. */
-const char *arnormGetLastError(arnormComm_t comm);
-arnormResult_t arnormGetVersion(int *version);
+ARNORM_API const char *arnormGetLastError(arnormComm_t comm);
+ARNORM_API arnormResult_t arnormGetVersion(int *version);
 
 /* ---------------------------------------------------------------- communicators */
 
 /* Fills `uniqueId`; call on one rank and send the bytes to every rank. */
-arnormResult_t arnormGetUniqueId(arnormUniqueId *uniqueId);
+ARNORM_API arnormResult_t arnormGetUniqueId(arnormUniqueId *uniqueId);
 
 /* Collective over `nranks` processes; `config` may be NULL (all defaults). On the CUDA
  * backend the current device (cudaSetDevice) is the rank's GPU. A failure on any rank
  * (workspace allocation included) is reported on every rank. */
-arnormResult_t arnormCommInitRank(arnormComm_t *comm, int nranks, arnormUniqueId uniqueId,
+ARNORM_API arnormResult_t arnormCommInitRank(arnormComm_t *comm, int nranks, arnormUniqueId uniqueId,
                                   int rank, const arnormConfig_t *config);
 
 /* CUDA: one process drives `ndev` GPUs (devlist NULL means 0..ndev-1); comms[i] gets rank i. */
-arnormResult_t arnormCommInitAll(arnormComm_t *comms, int ndev, const int *devlist,
+ARNORM_API arnormResult_t arnormCommInitAll(arnormComm_t *comms, int ndev, const int *devlist,
                                  const arnormConfig_t *config);
 
 /* CUDA: join an engine's existing NCCL communicator (an ncclComm_t passed as void*);
  * collective over its ranks. arnorm uses it for bootstrap and the fallback, never frees it. */
-arnormResult_t arnormCommInitFromNccl(arnormComm_t *comm, void *ncclComm,
+ARNORM_API arnormResult_t arnormCommInitFromNccl(arnormComm_t *comm, void *ncclComm,
                                       const arnormConfig_t *config);
 
 /* Waits for this rank's work, frees everything. Not collective on the CPU backend. */
-arnormResult_t arnormCommDestroy(arnormComm_t comm);
+ARNORM_API arnormResult_t arnormCommDestroy(arnormComm_t comm);
 /* Frees everything without waiting for peers or pending work; never blocks on a peer. */
-arnormResult_t arnormCommAbort(arnormComm_t comm);
+ARNORM_API arnormResult_t arnormCommAbort(arnormComm_t comm);
 /* arnormSuccess, or the error (timeout, remote error) that put the comm in error state. */
-arnormResult_t arnormCommGetAsyncError(arnormComm_t comm, arnormResult_t *asyncError);
-arnormResult_t arnormCommCount(arnormComm_t comm, int *count);
-arnormResult_t arnormCommUserRank(arnormComm_t comm, int *rank);
-arnormResult_t arnormCommGetBackend(arnormComm_t comm, arnormBackend_t *backend);
+ARNORM_API arnormResult_t arnormCommGetAsyncError(arnormComm_t comm, arnormResult_t *asyncError);
+ARNORM_API arnormResult_t arnormCommCount(arnormComm_t comm, int *count);
+ARNORM_API arnormResult_t arnormCommUserRank(arnormComm_t comm, int *rank);
+ARNORM_API arnormResult_t arnormCommGetBackend(arnormComm_t comm, arnormBackend_t *backend);
 /* Overrides the config's algo for later fused calls on this comm (tests, benchmarks).
  * Every rank must set the same algo. */
-arnormResult_t arnormCommSetAlgo(arnormComm_t comm, arnormAlgo_t algo);
+ARNORM_API arnormResult_t arnormCommSetAlgo(arnormComm_t comm, arnormAlgo_t algo);
 /* Bytes of shared/device memory this rank holds for the fused path. */
-arnormResult_t arnormCommWorkspaceBytes(arnormComm_t comm, size_t *bytes);
+ARNORM_API arnormResult_t arnormCommWorkspaceBytes(arnormComm_t comm, size_t *bytes);
 
 /* ---------------------------------------------------------------- operations */
 
@@ -231,7 +237,7 @@ arnormResult_t arnormCommWorkspaceBytes(arnormComm_t comm, size_t *bytes);
  * partially overlap another. 1 <= hidden <= 65536, tokens >= 1.
  * Dispatch: one rank -> norm only; eligible (arnormCanFuse) -> fused; else fallback.
  */
-arnormResult_t arnormAllReduceResidualRMSNorm(const void *partial, const void *residual,
+ARNORM_API arnormResult_t arnormAllReduceResidualRMSNorm(const void *partial, const void *residual,
                                               void *residualOut, void *normOut,
                                               const void *weight, arnormDataType_t weightType,
                                               float eps, float weightBias, size_t tokens,
@@ -240,7 +246,7 @@ arnormResult_t arnormAllReduceResidualRMSNorm(const void *partial, const void *r
 
 /* Sum all-reduce of `count` elements; recvbuff may alias sendbuff (in place). Sums in
  * fp32 in rank order, rounds once: identical bits on every rank. */
-arnormResult_t arnormAllReduce(const void *sendbuff, void *recvbuff, size_t count,
+ARNORM_API arnormResult_t arnormAllReduce(const void *sendbuff, void *recvbuff, size_t count,
                                arnormDataType_t dtype, arnormComm_t comm,
                                arnormStream_t stream);
 
@@ -250,7 +256,7 @@ arnormResult_t arnormAllReduce(const void *sendbuff, void *recvbuff, size_t coun
  * input + residual and may be NULL only when `residual` is NULL. Aliasing as above with
  * `input` in the role of `partial`. Same per-row arithmetic as the fused path.
  */
-arnormResult_t arnormResidualRMSNorm(const void *input, const void *residual,
+ARNORM_API arnormResult_t arnormResidualRMSNorm(const void *input, const void *residual,
                                      void *residualOut, void *normOut, const void *weight,
                                      arnormDataType_t weightType, float eps, float weightBias,
                                      size_t tokens, size_t hidden, arnormDataType_t dtype,
@@ -262,12 +268,12 @@ arnormResult_t arnormResidualRMSNorm(const void *input, const void *residual,
  * reason when not, and the token budget maxTokens = fuseMaxBytes / (hidden * size)).
  * The role of the field's can_use_fused / max_token_num pair. Local, not collective.
  */
-arnormResult_t arnormCanFuse(arnormComm_t comm, const void *ptr, size_t tokens, size_t hidden,
+ARNORM_API arnormResult_t arnormCanFuse(arnormComm_t comm, const void *ptr, size_t tokens, size_t hidden,
                              size_t rowStride, arnormDataType_t dtype, arnormFuseInfo_t *info);
 
 /* The default token budget of a group of `nranks` on `backend` (Auto: CUDA when usable),
  * before config and environment overrides; for engines sizing buffers before init. */
-arnormResult_t arnormDefaultMaxTokens(arnormBackend_t backend, int nranks, size_t hidden,
+ARNORM_API arnormResult_t arnormDefaultMaxTokens(arnormBackend_t backend, int nranks, size_t hidden,
                                       arnormDataType_t dtype, size_t *maxTokens);
 
 #ifdef __cplusplus

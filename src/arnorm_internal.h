@@ -51,6 +51,9 @@ typedef struct {
                            arnormStream_t stream);
     /* arnormReasonNone when `ptr` may be used by the fused path of this rank. */
     arnormReason_t (*pointerReason)(struct arnormComm *comm, const void *ptr);
+    /* Check mode (optional, may be NULL): fails on every rank when ranks' shapes differ. */
+    arnormResult_t (*checkCall)(struct arnormComm *comm, int op, size_t tokens, size_t hidden,
+                                int dtype);
     /* Frees the backend state. abort != 0: never wait for peers or pending work. */
     arnormResult_t (*destroy)(struct arnormComm *comm, int abort);
 } arnormBackendOps;
@@ -100,6 +103,11 @@ arnormResult_t arnormResolveSettings(const arnormConfig_t *config, arnormSetting
 /* Fills the backend-dependent defaults left unset (< 0) for a group of nranks. */
 void arnormSettingsFinish(arnormSettings *s, arnormBackend_t backend, int nranks, int smMajor);
 long long arnormDefaultFuseMaxBytes(arnormBackend_t backend, int nranks, int smMajor);
+
+/* ---- dispatch (dispatch.c) ---- */
+/* Fills info (algo, reason, budget) for a fused call on the given tensors (NULLs skipped). */
+void arnormDispatch(struct arnormComm *comm, const void *const *ptrs, int nptrs, size_t tokens,
+                    size_t hidden, size_t rowStride, int dtype, arnormFuseInfo_t *info);
 
 /* ---- communicator registry (comm.c): handles are checked before any use ---- */
 arnormResult_t arnormCheckComm(arnormComm_t comm);

@@ -1,0 +1,204 @@
+/*
+ * config.c - settings of a communicator: the config struct, else the environment (parsed
+ * once per process, logged once), else the defaults of the backend and world size.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "arnorm_internal.h"
+
+#define UNSET_LL (-1LL)
+
+typedef struct {
+    arnormResult_t status; /* a malformed variable fails every init with its message */
+    char message[256];
+    arnormSettings s;      /* fields not set by the environment hold -1 */
+} envSettings;
+
+static envSettings env;
+static pthread_once_t envOnce = PTHREAD_ONCE_INIT;
+
+static int parseEnum(const char *name, const char *v, const char *const *names, int count,
+                     int *out) {
+    for (int i = 0; i < count; i++)
+        if (!strcasecmp(v, names[i])) {
+            *out = i;
+            return 1;
+        }
+    snprintf(env.message, sizeof env.message, "%s: unknown value '%s'", name, v);
+    env.status = arnormInvalidArgument;
+    return 0;
+}
+
+/* Byte sizes and counts: decimal with an optional K, M or G (binary) suffix. */
+static int parseSize(const char *name, const char *v, long long *out) {
+    errno = 0;
+    char *end;
+    long long x = strtoll(v, &end, 10);
+    long long mul = 1;
+    if (*end == 'K' || *end == 'k') mul = 1LL << 10, end++;
+    else if (*end == 'M' || *end == 'm') mul = 1LL << 20, end++;
+    else if (*end == 'G' || *end == 'g') mul = 1LL << 30, end++;
+    if (errno || end == v || *end || x < 0 || x > (1LL << 50) / mul) {
+        snprintf(env.message, sizeof env.message, "%s: not a size: '%s'", name, v);
+        env.status = arnormInvalidArgument;
+        return 0;
+    }
+    *out = x * mul;
+    return 1;
+}
+
+static void readEnvironment(void) {
+    static const char *const backends[] = {"auto", "cpu", "cuda"};
+    static const char *const algos[] = {"auto", "norm", "oneshot", "twoshot", "fallback"};
+    arnormSettings *s = &env.s;
+    s->backend = -1;
+    s->algo = -1;
+    s->fuseMaxBytes = s->oneShotMaxBytes = s->workspaceBytes = s->timeoutMs = UNSET_LL;
+    s->usePdl = s->checkMode = -1;
+    env.status = arnormSuccess;
+    const char *v;
+    int e;
+    long long x;
+    if ((v = getenv("ARNORM_BACKEND")) && parseEnum("ARNORM_BACKEND", v, backends, 3, &e))
+        s->backend = (arnormBackend_t)e;
+    if ((v = getenv("ARNORM_ALGO")) && parseEnum("ARNORM_ALGO", v, algos, 5, &e))
+        s->algo = (arnormAlgo_t)e;
+    if ((v = getenv("ARNORM_FUSE_MAX_BYTES")) && parseSize("ARNORM_FUSE_MAX_BYTES", v, &x))
+        s->fuseMaxBytes = x;
+    if ((v = getenv("ARNORM_ONESHOT_MAX_BYTES")) && parseSize("ARNORM_ONESHOT_MAX_BYTES", v, &x))
+        s->oneShotMaxBytes = x;
+    if ((v = getenv("ARNORM_WORKSPACE_BYTES")) && parseSize("ARNORM_WORKSPACE_BYTES", v, &x))
+        s->workspaceBytes = x;
+    if ((v = getenv("ARNORM_TIMEOUT_MS")) && parseSize("ARNORM_TIMEOUT_MS", v, &x))
+        s->timeoutMs = x;
+    if ((v = getenv("ARNORM_PDL")) && parseSize("ARNORM_PDL", v, &x)) s->usePdl = x != 0;
+    if ((v = getenv("ARNORM_CHECK")) && parseSize("ARNORM_CHECK", v, &x)) s->checkMode = x != 0;
+    if (env.status != arnormSuccess)
+        arnormLog(ARNORM_LOG_WARN, "environment: %s", env.message);
+    else
+        arnormLog(ARNORM_LOG_INFO,
+                  "environment: backend=%d algo=%d fuseMaxBytes=%lld oneShotMaxBytes=%lld "
+                  "workspaceBytes=%lld timeoutMs=%lld pdl=%d check=%d (-1: unset)",
+                  s->backend, s->algo, s->fuseMaxBytes, s->oneShotMaxBytes, s->workspaceBytes,
+                  s->timeoutMs, s->usePdl, s->checkMode);
+}
+
+#define CFG_SET_INT(f) (config && config->f != ARNORM_CONFIG_UNDEF_INT)
+#define CFG_SET_LL(f) (config && config->f != ARNORM_CONFIG_UNDEF_LL)
+
+arnormResult_t arnormResolveSettings(const arnormConfig_t *config, arnormSettings *out) {
+    pthread_once(&envOnce, readEnvironment);
+    if (config) {
+        if (config->magic != ARNORM_CONFIG_MAGIC)
+            return arnormError(NULL, arnormInvalidArgument,
+                               "config: not initialized with ARNORM_CONFIG_INITIALIZER "
+                               "(magic 0x%08x)", config->magic);
+        if (config->size < offsetof(arnormConfig_t, backend) || config->size > sizeof *config)
+            return arnormError(NULL, arnormInvalidArgument,
+                               "config: size %zu does not match this library's %zu",
+                               config->size, sizeof *config);
+        if (config->version / 10000 != ARNORM_MAJOR || config->version > ARNORM_VERSION)
+            return arnormError(NULL, arnormInvalidArgument,
+                               "config: compiled against arnorm %u, library is %d",
+                               config->version, ARNORM_VERSION);
+    }
+    if (env.status != arnormSuccess) return arnormError(NULL, env.status, "%s", env.message);
+
+    arnormSettings s = env.s;
+    if (CFG_SET_INT(backend)) {
+        if (config->backend < 0 || config->backend >= arnormNumBackends)
+            return arnormError(NULL, arnormInvalidArgument, "config.backend: %d is not an "
+                               "arnormBackend_t", config->backend);
+        s.backend = (arnormBackend_t)config->backend;
+    }
+    if (CFG_SET_INT(algo)) {
+        if (config->algo < 0 || config->algo >= arnormNumAlgos)
+            return arnormError(NULL, arnormInvalidArgument, "config.algo: %d is not an "
+                               "arnormAlgo_t", config->algo);
+        s.algo = (arnormAlgo_t)config->algo;
+    }
+    struct { const char *name; long long v; int set; long long *dst; long long min; } lls[] = {
+        {"config.fuseMaxBytes", 0, CFG_SET_LL(fuseMaxBytes), &s.fuseMaxBytes, 0},
+        {"config.oneShotMaxBytes", 0, CFG_SET_LL(oneShotMaxBytes), &s.oneShotMaxBytes, 0},
+        {"config.workspaceBytes", 0, CFG_SET_LL(workspaceBytes), &s.workspaceBytes, 4096},
+        {"config.timeoutMs", 0, CFG_SET_LL(timeoutMs), &s.timeoutMs, 1},
+    };
+    if (config) {
+        lls[0].v = config->fuseMaxBytes;
+        lls[1].v = config->oneShotMaxBytes;
+        lls[2].v = config->workspaceBytes;
+        lls[3].v = config->timeoutMs;
+    }
+    for (size_t i = 0; i < sizeof lls / sizeof lls[0]; i++) {
+        if (!lls[i].set) continue;
+        if (lls[i].v < lls[i].min || lls[i].v > (1LL << 50))
+            return arnormError(NULL, arnormInvalidArgument, "%s: %lld out of range [%lld, 2^50]",
+                               lls[i].name, lls[i].v, lls[i].min);
+        *lls[i].dst = lls[i].v;
+    }
+    if (CFG_SET_INT(usePdl)) {
+        if (config->usePdl != 0 && config->usePdl != 1)
+            return arnormError(NULL, arnormInvalidArgument, "config.usePdl: %d is not 0 or 1",
+                               config->usePdl);
+        s.usePdl = config->usePdl;
+    }
+    if (CFG_SET_INT(checkMode)) {
+        if (config->checkMode != 0 && config->checkMode != 1)
+            return arnormError(NULL, arnormInvalidArgument,
+                               "config.checkMode: %d is not 0 or 1", config->checkMode);
+        s.checkMode = config->checkMode;
+    }
+    if ((int)s.backend < 0) s.backend = arnormBackendAuto;
+    if ((int)s.algo < 0) s.algo = arnormAlgoAuto;
+    if (s.timeoutMs < 0) s.timeoutMs = 30000;
+    if (s.usePdl < 0) s.usePdl = 1;
+    if (s.checkMode < 0) s.checkMode = 0;
+    if (s.workspaceBytes >= 0 && s.workspaceBytes < 4096)
+        return arnormError(NULL, arnormInvalidArgument,
+                           "ARNORM_WORKSPACE_BYTES: %lld is below the minimum of 4096",
+                           s.workspaceBytes);
+    *out = s;
+    return arnormSuccess;
+}
+
+/*
+ * Default fused budget in bytes per rank tensor (T * H * sizeof(D)): beyond it the
+ * fallback is faster. CPU: measured with arnorm-bench on the CI-class machine (see
+ * docs/results.md). CUDA sm_90: start from the field's table; replaced by measured
+ * crossovers in docs/performance.md.
+ */
+long long arnormDefaultFuseMaxBytes(arnormBackend_t backend, int nranks, int smMajor) {
+    (void)smMajor;
+    if (nranks <= 1) return 0;
+    if (backend == arnormBackendCpu) return 1LL << 20;
+    if (nranks == 2) return 64LL << 20;
+    if (nranks <= 4) return 2LL << 20;
+    return 512LL << 10;
+}
+
+void arnormSettingsFinish(arnormSettings *s, arnormBackend_t backend, int nranks, int smMajor) {
+    s->backend = backend;
+    if (s->fuseMaxBytes < 0) s->fuseMaxBytes = arnormDefaultFuseMaxBytes(backend, nranks, smMajor);
+    if (backend == arnormBackendCpu) {
+        /* The CPU backend has one fused protocol (one-shot); chunks of 256 KiB keep the
+           shared segment small (3 x nranks slots per rank). */
+        if (s->oneShotMaxBytes < 0) s->oneShotMaxBytes = s->fuseMaxBytes;
+        if (s->workspaceBytes < 0) s->workspaceBytes = 256LL << 10;
+    } else {
+        if (s->oneShotMaxBytes < 0) s->oneShotMaxBytes = nranks == 2 ? (1LL << 20) : (256LL << 10);
+        if (s->workspaceBytes < 0)
+            s->workspaceBytes = s->fuseMaxBytes < (8LL << 20) ? s->fuseMaxBytes : (8LL << 20);
+        if (s->workspaceBytes < 4096) s->workspaceBytes = 4096;
+    }
+    arnormLog(ARNORM_LOG_INFO,
+              "settings: backend=%s nranks=%d algo=%s fuseMaxBytes=%lld oneShotMaxBytes=%lld "
+              "workspaceBytes=%lld timeoutMs=%lld pdl=%d check=%d",
+              backend == arnormBackendCpu ? "cpu" : "cuda", nranks, arnormGetAlgoString(s->algo),
+              s->fuseMaxBytes, s->oneShotMaxBytes, s->workspaceBytes, s->timeoutMs, s->usePdl,
+              s->checkMode);
+}

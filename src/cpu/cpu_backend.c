@@ -1,0 +1,516 @@
+/*
+ * cpu_backend.c - ranks are processes on one host, buffers are one POSIX shared segment.
+ *
+ * Segment: a header (attach count, pids, failure flag, barrier counters, call descriptors)
+ * then one area per rank: 3 Lamport slots x nranks senders x W bytes, and a W-byte stage.
+ *
+ * Fused one-shot (Lamport, the GPU protocol): a call k pushes its partial into slot k % 3
+ * of every rank's area (-0.0 sent as +0.0), then reads its own slot k % 3 until no element
+ * holds the sentinel -0.0, summing in rank order as data arrives; at the end it clears the
+ * slot its previous call read, (k + 2) % 3. No barrier: a peer one call ahead writes a slot
+ * cleared two calls ago. Fallback: stage, barrier, sum, barrier (all-reduce), then norm.
+ * Every wait is bounded (settings.timeoutMs), watches the failure flag and peers' pids.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "arnorm_internal.h"
+#include "cpu/cpu_rows.h"
+#include "cpu/shm.h"
+#include "dtype.h"
+#include "numerics.h"
+
+#define CPU_MAX_RANKS 64
+#define SEG_MAGIC 0x6172736567000001ull
+#define SENTINEL16 0x8000800080008000ull
+#define SENTINEL32 0x8000000080000000ull
+
+typedef struct {
+    _Alignas(64) _Atomic uint64_t v;
+} paddedCounter;
+
+typedef struct {
+    uint64_t tokens, hidden;
+    uint32_t dtype, op;
+} callDesc;
+
+typedef struct {
+    _Atomic uint64_t magic; /* written last by rank 0 */
+    uint32_t nranks;
+    uint32_t reserved;
+    uint64_t slotBytes;
+    _Atomic uint32_t attached;
+    _Atomic int32_t failedRank; /* -1, or the first rank that failed or aborted */
+    _Atomic int32_t failCode;   /* its arnormResult_t */
+    _Atomic int32_t pid[CPU_MAX_RANKS];
+    _Atomic int32_t initState[CPU_MAX_RANKS]; /* 0 pending, 1 ready, 2 failed */
+    paddedCounter arrive[CPU_MAX_RANKS];      /* barrier epochs, monotonic (no ABA) */
+    callDesc desc[CPU_MAX_RANKS];             /* check mode */
+} segHeader;
+
+enum { CLASS16 = 0, CLASS32 = 1 };
+
+typedef struct {
+    arnormShm shm;
+    char name[64];
+    segHeader *hdr;
+    char *areas;
+    size_t areaBytes, W;
+    int N, rank;
+    uint64_t calls;        /* Lamport calls so far: slot = calls % 3 */
+    size_t prevBytes;      /* padded bytes each sender wrote in the previous call's slot */
+    int prevClass;
+    int regionClass;       /* sentinel width the whole Lamport region is cleared for */
+    uint64_t barrierEpoch;
+    float *sums;           /* W / 2 floats: one chunk's fp32 sums */
+    arnormRowScratch rows;
+} cpuComm;
+
+static inline cpuComm *impl(struct arnormComm *comm) { return (cpuComm *)comm->impl; }
+
+static inline uint64_t *lamportSlot(cpuComm *c, int owner, int slot, int sender) {
+    return (uint64_t *)(c->areas + (size_t)owner * c->areaBytes +
+                        ((size_t)slot * (size_t)c->N + (size_t)sender) * c->W);
+}
+
+static inline char *stage(cpuComm *c, int owner) {
+    return c->areas + (size_t)owner * c->areaBytes + (size_t)3 * c->N * c->W;
+}
+
+/* ------------------------------------------------------------------ bounded waits */
+
+typedef struct {
+    struct timespec start;
+    unsigned iter;
+} waitState;
+
+static long long elapsedMs(const struct timespec *t0) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - t0->tv_sec) * 1000LL + (now.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+static void markFailed(cpuComm *c, arnormResult_t r) {
+    int32_t none = -1;
+    if (atomic_compare_exchange_strong(&c->hdr->failedRank, &none, c->rank))
+        atomic_store(&c->hdr->failCode, (int32_t)r);
+}
+
+/* One step of a wait for `peer`: spins briefly, then yields the core (ranks may outnumber
+ * cores); fails on timeout, on a peer's failure flag, or when the peer's process is gone. */
+static arnormResult_t waitTick(struct arnormComm *comm, waitState *w, int peer,
+                               const char *what) {
+    cpuComm *c = impl(comm);
+    unsigned i = w->iter++;
+    if (i == 0) {
+        clock_gettime(CLOCK_MONOTONIC, &w->start);
+        return arnormSuccess;
+    }
+    if (i < 128) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        return arnormSuccess;
+    }
+    sched_yield();
+    if (i % 64) return arnormSuccess;
+    int32_t failed = atomic_load(&c->hdr->failedRank);
+    if (failed >= 0 && failed != c->rank)
+        return arnormFail(comm, arnormRemoteError, "rank %d failed or aborted (%s) while "
+                          "rank %d waited for %s from rank %d", failed,
+                          arnormGetErrorString((arnormResult_t)atomic_load(&c->hdr->failCode)),
+                          c->rank, what, peer);
+    long long ms = elapsedMs(&w->start);
+    if (i % 4096 == 0) {
+        pid_t pid = atomic_load(&c->hdr->pid[peer]);
+        if (pid > 0 && kill(pid, 0) != 0 && errno == ESRCH) {
+            markFailed(c, arnormRemoteError);
+            return arnormFail(comm, arnormRemoteError, "rank %d (pid %d) exited while rank "
+                              "%d waited for %s", peer, (int)pid, c->rank, what);
+        }
+    }
+    if (ms > comm->settings.timeoutMs) {
+        markFailed(c, arnormTimeout);
+        return arnormFail(comm, arnormTimeout, "rank %d waited %lld ms for %s from rank %d "
+                          "(ARNORM_TIMEOUT_MS=%lld); did every rank make the same calls?",
+                          c->rank, ms, what, peer, comm->settings.timeoutMs);
+    }
+    return arnormSuccess;
+}
+
+static arnormResult_t barrier(struct arnormComm *comm, const char *what) {
+    cpuComm *c = impl(comm);
+    uint64_t e = ++c->barrierEpoch;
+    atomic_store_explicit(&c->hdr->arrive[c->rank].v, e, memory_order_release);
+    for (int q = 0; q < c->N; q++) {
+        waitState w = {0};
+        while (atomic_load_explicit(&c->hdr->arrive[q].v, memory_order_acquire) < e)
+            ARNORM_TRY(waitTick(comm, &w, q, what));
+    }
+    return arnormSuccess;
+}
+
+/* ------------------------------------------------------------------ Lamport one-shot */
+
+static void fillWords(uint64_t *dst, size_t words, uint64_t pattern) {
+    for (size_t i = 0; i < words; i++)
+        __atomic_store_n(dst + i, pattern, __ATOMIC_RELAXED);
+}
+
+/* Re-clears the whole Lamport region when the sentinel width changes (bf16/fp16 <-> fp32).
+ * Every rank makes the same calls, so all switch at the same call, between two barriers. */
+static arnormResult_t switchClass(struct arnormComm *comm, int cls) {
+    cpuComm *c = impl(comm);
+    ARNORM_TRY(barrier(comm, "the sentinel switch"));
+    fillWords(lamportSlot(c, c->rank, 0, 0), (size_t)3 * c->N * c->W / 8,
+              cls == CLASS16 ? SENTINEL16 : SENTINEL32);
+    c->regionClass = cls;
+    c->prevBytes = 0;
+    return barrier(comm, "the sentinel switch");
+}
+
+/* Packs n elements (-0.0 sent as +0.0, tail padded with +0.0) into 64-bit words and stores
+ * them into `dst` with single-copy-atomic stores: each store is data and flag at once. */
+static void pushWords(uint64_t *dst, const void *src, size_t n, int cls) {
+    if (cls == CLASS16) {
+        const uint16_t *s = (const uint16_t *)src;
+        size_t i = 0;
+        for (; i + 4 <= n; i += 4) {
+            uint64_t w = 0;
+            for (int j = 0; j < 4; j++) {
+                uint16_t v = s[i + j];
+                w |= (uint64_t)(v == 0x8000u ? 0 : v) << (16 * j);
+            }
+            __atomic_store_n(dst + i / 4, w, __ATOMIC_RELAXED);
+        }
+        if (i < n) {
+            uint64_t w = 0;
+            for (int j = 0; i + j < n; j++) {
+                uint16_t v = s[i + j];
+                w |= (uint64_t)(v == 0x8000u ? 0 : v) << (16 * j);
+            }
+            __atomic_store_n(dst + i / 4, w, __ATOMIC_RELAXED);
+        }
+    } else {
+        const uint32_t *s = (const uint32_t *)src;
+        for (size_t i = 0; i < n; i += 2) {
+            uint32_t lo = s[i] == 0x80000000u ? 0 : s[i];
+            uint32_t hi = i + 1 < n ? (s[i + 1] == 0x80000000u ? 0 : s[i + 1]) : 0;
+            __atomic_store_n(dst + i / 2, (uint64_t)lo | ((uint64_t)hi << 32), __ATOMIC_RELAXED);
+        }
+    }
+}
+
+static inline int hasSentinel(uint64_t w, int cls) {
+    if (cls == CLASS16) {
+        uint64_t x = w ^ SENTINEL16; /* a zero halfword marks a sentinel lane */
+        return ((x - 0x0001000100010001ull) & ~x & 0x8000800080008000ull) != 0;
+    }
+    return (uint32_t)w == 0x80000000u || (uint32_t)(w >> 32) == 0x80000000u;
+}
+
+/* Waits for every sender's n elements in slot `slot` of this rank's area and sums them in
+ * rank order into c->sums. */
+static arnormResult_t gather(struct arnormComm *comm, int slot, size_t n, int dtype) {
+    cpuComm *c = impl(comm);
+    const int cls = dtype == arnormFloat32 ? CLASS32 : CLASS16;
+    const size_t perWord = cls == CLASS16 ? 4 : 2;
+    const size_t words = (n + perWord - 1) / perWord;
+    float *sums = c->sums;
+    for (int q = 0; q < c->N; q++) {
+        const uint64_t *src = lamportSlot(c, c->rank, slot, q);
+        waitState ws = {0};
+        for (size_t k = 0; k < words; k++) {
+            uint64_t w;
+            while (hasSentinel(w = __atomic_load_n(src + k, __ATOMIC_RELAXED), cls))
+                ARNORM_TRY(waitTick(comm, &ws, q, "its partial"));
+            size_t base = k * perWord;
+            size_t m = n - base < perWord ? n - base : perWord;
+            for (size_t j = 0; j < m; j++) {
+                float v;
+                if (cls == CLASS32)
+                    v = arnormBitsFloat((uint32_t)(w >> (32 * j)));
+                else if (dtype == arnormBfloat16)
+                    v = arnormBf16ToFloat((uint16_t)(w >> (16 * j)));
+                else
+                    v = arnormHalfToFloat((uint16_t)(w >> (16 * j)));
+                sums[base + j] = q == 0 ? v : sums[base + j] + v;
+            }
+        }
+    }
+    atomic_thread_fence(memory_order_acquire);
+    return arnormSuccess;
+}
+
+/* One Lamport exchange of n elements of `src`: afterwards c->sums holds the fp32 sums. */
+static arnormResult_t lamportExchange(struct arnormComm *comm, const void *src, size_t n,
+                                      int dtype) {
+    cpuComm *c = impl(comm);
+    const int cls = dtype == arnormFloat32 ? CLASS32 : CLASS16;
+    if (cls != c->regionClass) ARNORM_TRY(switchClass(comm, cls));
+    const int slot = (int)(c->calls % 3);
+    const size_t bytes = (n * arnormDtypeSize((arnormDataType_t)dtype) + 7) / 8 * 8;
+    for (int i = 0; i < c->N; i++) { /* start with the next rank: spreads the traffic */
+        int p = (c->rank + 1 + i) % c->N;
+        pushWords(lamportSlot(c, p, slot, c->rank), src, n, cls);
+    }
+    ARNORM_TRY(gather(comm, slot, n, dtype));
+    if (c->prevBytes) { /* the previous call's slot: every sender's data there was read */
+        int prev = (int)((c->calls + 2) % 3);
+        for (int q = 0; q < c->N; q++)
+            fillWords(lamportSlot(c, c->rank, prev, q), c->prevBytes / 8,
+                      c->prevClass == CLASS16 ? SENTINEL16 : SENTINEL32);
+    }
+    atomic_thread_fence(memory_order_release); /* clears before our next call's writes */
+    c->prevBytes = bytes;
+    c->prevClass = cls;
+    c->calls++;
+    return arnormSuccess;
+}
+
+/* ------------------------------------------------------------------ staged all-reduce */
+
+static arnormResult_t stagedAllReduce(struct arnormComm *comm, const void *send, void *recv,
+                                      size_t count, int dtype) {
+    cpuComm *c = impl(comm);
+    const size_t es = arnormDtypeSize((arnormDataType_t)dtype);
+    const size_t chunk = c->W / es;
+    for (size_t first = 0; first < count; first += chunk) {
+        size_t n = count - first < chunk ? count - first : chunk;
+        memcpy(stage(c, c->rank), (const char *)send + first * es, n * es);
+        ARNORM_TRY(barrier(comm, "the all-reduce stage"));
+        for (int q = 0; q < c->N; q++) {
+            const char *s = stage(c, q);
+            for (size_t i = 0; i < n; i++) {
+                float v = arnormLoad(s, i, (arnormDataType_t)dtype);
+                if (v == 0.0f) v = 0.0f; /* -0.0 counts as +0.0, as on the fused path */
+                c->sums[i] = q == 0 ? v : c->sums[i] + v;
+            }
+        }
+        for (size_t i = 0; i < n; i++)
+            arnormStore(recv, first + i, (arnormDataType_t)dtype, c->sums[i]);
+        ARNORM_TRY(barrier(comm, "the all-reduce stage release"));
+    }
+    return arnormSuccess;
+}
+
+/* ------------------------------------------------------------------ operations */
+
+static arnormResult_t cpuNorm(struct arnormComm *comm, const arnormNormArgs *a,
+                              arnormStream_t stream) {
+    (void)stream;
+    cpuComm *c = impl(comm);
+    for (size_t r = 0; r < a->tokens; r++) {
+        arnormCpuLoadFloats(a->input, r * a->hidden, a->hidden, a->dtype, c->sums);
+        arnormCpuFinishRows(c->sums, a, r, 1, &c->rows);
+    }
+    return arnormSuccess;
+}
+
+static arnormResult_t cpuAllReduce(struct arnormComm *comm, const void *send, void *recv,
+                                   size_t count, arnormDataType_t dtype,
+                                   arnormStream_t stream) {
+    (void)stream;
+    cpuComm *c = impl(comm);
+    const size_t es = arnormDtypeSize(dtype);
+    if (c->N == 1) {
+        for (size_t first = 0; first < count; first += c->W / es) {
+            size_t n = count - first < c->W / es ? count - first : c->W / es;
+            arnormCpuLoadFloats(send, first, n, dtype, c->sums);
+            for (size_t i = 0; i < n; i++) arnormStore(recv, first + i, dtype, c->sums[i]);
+        }
+        return arnormSuccess;
+    }
+    if (count * es <= c->W) {
+        ARNORM_TRY(lamportExchange(comm, send, count, dtype));
+        for (size_t i = 0; i < count; i++) arnormStore(recv, i, dtype, c->sums[i]);
+        return arnormSuccess;
+    }
+    return stagedAllReduce(comm, send, recv, count, dtype);
+}
+
+static arnormResult_t cpuFused(struct arnormComm *comm, const arnormNormArgs *a,
+                               arnormAlgo_t algo, arnormStream_t stream) {
+    cpuComm *c = impl(comm);
+    if (algo == arnormAlgoFallback) { /* unfused: all-reduce into normOut, then the norm */
+        ARNORM_TRY(stagedAllReduce(comm, a->input, a->normOut, a->tokens * a->hidden,
+                                   a->dtype));
+        arnormNormArgs n = *a;
+        n.input = a->normOut;
+        return cpuNorm(comm, &n, stream);
+    }
+    /* One-shot (two-shot is a GPU protocol; here it runs as one-shot), chunked by rows. */
+    const size_t es = arnormDtypeSize((arnormDataType_t)a->dtype);
+    const size_t rowsPerChunk = c->W / (a->hidden * es);
+    if (rowsPerChunk == 0)
+        return arnormError(comm, arnormInternalError, "row of %zu bytes exceeds the %zu-byte "
+                           "workspace slot", a->hidden * es, c->W);
+    for (size_t r0 = 0; r0 < a->tokens; r0 += rowsPerChunk) {
+        size_t nr = a->tokens - r0 < rowsPerChunk ? a->tokens - r0 : rowsPerChunk;
+        ARNORM_TRY(lamportExchange(comm, (const char *)a->input + r0 * a->hidden * es,
+                                   nr * a->hidden, a->dtype));
+        arnormCpuFinishRows(c->sums, a, r0, nr, &c->rows);
+    }
+    return arnormSuccess;
+}
+
+static arnormReason_t cpuPointerReason(struct arnormComm *comm, const void *ptr) {
+    (void)comm;
+    (void)ptr;
+    return arnormReasonNone; /* host memory of this process */
+}
+
+static void cpuFree(cpuComm *c) {
+    arnormShmUnmap(&c->shm);
+    free(c->sums);
+    free(c->rows.h);
+    free(c->rows.slots);
+    free(c);
+}
+
+static arnormResult_t cpuDestroy(struct arnormComm *comm, int abort) {
+    cpuComm *c = impl(comm);
+    if (!c) return arnormSuccess;
+    if (abort && c->hdr) markFailed(c, arnormRemoteError); /* peers' waits end now */
+    cpuFree(c);
+    comm->impl = NULL;
+    return arnormSuccess;
+}
+
+static arnormResult_t cpuCheckCall(struct arnormComm *comm, int op, size_t tokens,
+                                   size_t hidden, int dtype);
+
+const arnormBackendOps arnormCpuOps = {
+    .name = "cpu",
+    .fused = cpuFused,
+    .allReduce = cpuAllReduce,
+    .norm = cpuNorm,
+    .pointerReason = cpuPointerReason,
+    .checkCall = cpuCheckCall,
+    .destroy = cpuDestroy,
+};
+
+/* Check mode: every rank publishes the call's shape; all compare, between two barriers. */
+static arnormResult_t cpuCheckCall(struct arnormComm *comm, int op, size_t tokens,
+                                   size_t hidden, int dtype) {
+    cpuComm *c = impl(comm);
+    if (c->N == 1) return arnormSuccess;
+    callDesc mine = {tokens, hidden, (uint32_t)dtype, (uint32_t)op};
+    c->hdr->desc[c->rank] = mine;
+    ARNORM_TRY(barrier(comm, "the check-mode shape exchange"));
+    int bad = -1;
+    callDesc theirs = mine;
+    for (int q = 0; q < c->N && bad < 0; q++) {
+        theirs = c->hdr->desc[q];
+        if (memcmp(&theirs, &mine, sizeof mine)) bad = q;
+    }
+    ARNORM_TRY(barrier(comm, "the check-mode shape exchange"));
+    if (bad >= 0)
+        return arnormError(comm, arnormInvalidUsage,
+                           "check mode: rank %d called op %u with tokens=%llu hidden=%llu "
+                           "dtype=%u, rank %d with op %u tokens=%llu hidden=%llu dtype=%u",
+                           bad, theirs.op, (unsigned long long)theirs.tokens,
+                           (unsigned long long)theirs.hidden, theirs.dtype, c->rank, mine.op,
+                           (unsigned long long)mine.tokens, (unsigned long long)mine.hidden,
+                           mine.dtype);
+    return arnormSuccess;
+}
+
+/* ------------------------------------------------------------------ bootstrap */
+
+static arnormResult_t waitInit(struct arnormComm *comm) {
+    cpuComm *c = impl(comm);
+    for (int q = 0; q < c->N; q++) {
+        waitState w = {0};
+        int32_t st;
+        while ((st = atomic_load(&c->hdr->initState[q])) == 0)
+            ARNORM_TRY(waitTick(comm, &w, q, "initialization"));
+        if (st != 1)
+            return arnormFail(comm, arnormRemoteError, "rank %d failed to initialize "
+                              "(see its log); no rank proceeds", q);
+    }
+    return arnormSuccess;
+}
+
+arnormResult_t arnormCpuInit(struct arnormComm *comm, const arnormIdPayload *id) {
+    if (comm->nranks > CPU_MAX_RANKS)
+        return arnormError(comm, arnormNotSupported, "nranks: %d exceeds the CPU backend's "
+                           "maximum of %d", comm->nranks, CPU_MAX_RANKS);
+    arnormSettingsFinish(&comm->settings, arnormBackendCpu, comm->nranks, 0);
+    cpuComm *c = calloc(1, sizeof *c);
+    if (!c) return arnormError(comm, arnormOutOfMemory, "allocating the CPU communicator");
+    comm->impl = c;
+    c->N = comm->nranks;
+    c->rank = comm->rank;
+    c->W = ((size_t)comm->settings.workspaceBytes + 63) / 64 * 64;
+    c->areaBytes = (size_t)(3 * c->N + 1) * c->W;
+    snprintf(c->name, sizeof c->name, "%s", id->shmName);
+    const size_t hdrBytes = (sizeof(segHeader) + 4095) / 4096 * 4096;
+    const size_t total = hdrBytes + (size_t)c->N * c->areaBytes;
+    c->sums = malloc(c->W / 2 * sizeof(float) > ARNORM_MAX_HIDDEN * sizeof(float)
+                         ? c->W / 2 * sizeof(float) : ARNORM_MAX_HIDDEN * sizeof(float));
+    c->rows.h = malloc(ARNORM_MAX_HIDDEN * sizeof(float));
+    c->rows.slots = malloc(ARNORM_ROW_MAX_SLOTS * sizeof(float));
+    arnormResult_t r = arnormSuccess;
+    const char *inject = getenv("ARNORM_INJECT_INIT_FAILURE"); /* tests: "rank" that fails */
+    int injected = inject && atoi(inject) == c->rank;
+    if (!c->sums || !c->rows.h || !c->rows.slots)
+        r = arnormError(comm, arnormOutOfMemory, "allocating CPU scratch buffers");
+
+    if (c->rank == 0) {
+        if (r == arnormSuccess) r = arnormShmCreate(comm, c->name, total, &c->shm);
+        if (r != arnormSuccess) goto fail; /* peers time out waiting for the segment */
+        c->hdr = (segHeader *)c->shm.base;
+        c->hdr->nranks = (uint32_t)c->N;
+        c->hdr->slotBytes = c->W;
+        atomic_store(&c->hdr->failedRank, -1);
+        atomic_store(&c->hdr->magic, SEG_MAGIC);
+    } else {
+        if (r == arnormSuccess)
+            r = arnormShmOpen(comm, c->name, total, comm->settings.timeoutMs, &c->shm);
+        if (r != arnormSuccess) goto fail;
+        c->hdr = (segHeader *)c->shm.base;
+        waitState w = {0};
+        while (atomic_load(&c->hdr->magic) != SEG_MAGIC)
+            if ((r = waitTick(comm, &w, 0, "the segment header")) != arnormSuccess) goto fail;
+        if (c->hdr->nranks != (uint32_t)c->N || c->hdr->slotBytes != c->W) {
+            r = arnormError(comm, arnormInvalidUsage, "rank %d: nranks %d / workspace %zu "
+                            "differ from rank 0's %u / %llu", c->rank, c->N, c->W,
+                            c->hdr->nranks, (unsigned long long)c->hdr->slotBytes);
+            goto fail_marked;
+        }
+    }
+    c->areas = (char *)c->shm.base + hdrBytes;
+    atomic_store(&c->hdr->pid[c->rank], (int32_t)getpid());
+    if (atomic_fetch_add(&c->hdr->attached, 1) + 1 == (uint32_t)c->N)
+        arnormShmUnlink(c->name); /* the last to attach: nothing stays in /dev/shm */
+    if (injected) {
+        r = arnormError(comm, arnormOutOfMemory, "injected allocation failure on rank %d "
+                        "(ARNORM_INJECT_INIT_FAILURE)", c->rank);
+        goto fail_marked;
+    }
+    fillWords(lamportSlot(c, c->rank, 0, 0), (size_t)3 * c->N * c->W / 8, SENTINEL16);
+    c->regionClass = CLASS16;
+    atomic_store(&c->hdr->initState[c->rank], 1);
+    if ((r = waitInit(comm)) != arnormSuccess) goto fail;
+    comm->ops = &arnormCpuOps;
+    comm->groupReason = arnormReasonNone;
+    comm->workspaceBytes = c->areaBytes;
+    return arnormSuccess;
+
+fail_marked:
+    atomic_store(&c->hdr->initState[c->rank], 2);
+fail:
+    arnormShmUnlink(c->name); /* harmless when already unlinked or never created */
+    cpuFree(c);
+    comm->impl = NULL;
+    return r;
+}

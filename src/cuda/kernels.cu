@@ -1,0 +1,674 @@
+/*
+ * kernels.cu - arnorm's CUDA kernels: residual + RMSNorm, Lamport one-shot and two-shot
+ * fused all-reduce + residual + RMSNorm, and the plain all-reduce on the same machinery.
+ *
+ * Numerics (DESIGN.md section 1, src/numerics.h), bit for bit with the CPU backend:
+ *   a = D(sum over ranks in rank order of float(partial)), -0.0 partials taken as +0.0
+ *   h = D(a + residual)
+ *   row tree: one block per row, S = arnormRowSlots(H) threads, thread t sums the squares
+ *   of chunks t, t+S, ... (8 elements each, in order), xor butterfly in warps, then over
+ *   the warp sums; var = total / H; s = 1 / sqrt(var + eps), correctly rounded
+ *   out = D((h * s) * (weightBias + w))
+ * Built with --fmad=false and written with __fadd_rn/__fmul_rn so no FMA is contracted.
+ *
+ * Lamport protocol: a slot is "unwritten" while any 32-bit word of a 16-byte vector holds
+ * 0x80000000 (-0.0f, or a 16-bit pair whose upper element is -0.0). Writers map -0.0 to
+ * +0.0, so a written word never holds the sentinel, whatever the dtype. A call writes slot
+ * count % 3 and clears (to the sentinel) slot (count + 2) % 3, which the previous call read.
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include <atomic>
+
+#include "../numerics.h"
+#include "kernels.h"
+
+namespace {
+
+constexpr uint32_t kSentinel = ARNORM_SENTINEL_WORD;
+
+/* ------------------------------------------------------------------ element types */
+
+struct Bf16 {
+    static constexpr int kSize = 2;
+};
+struct Fp16 {
+    static constexpr int kSize = 2;
+};
+struct Fp32 {
+    static constexpr int kSize = 4;
+};
+
+/* 8 elements of a type, as 32-bit words (4 for 16-bit types, 8 for fp32). */
+template <typename T>
+struct Chunk {
+    static constexpr int kWords = 2 * T::kSize;
+    static constexpr int kVecs = kWords / 4;
+    uint32_t w[kWords];
+};
+
+__device__ __forceinline__ float bitsToFloat(Bf16, uint32_t b) { return __uint_as_float(b << 16); }
+__device__ __forceinline__ float bitsToFloat(Fp16, uint32_t b) {
+    return __half2float(__ushort_as_half((unsigned short)b));
+}
+__device__ __forceinline__ uint32_t floatToBits(Bf16, float f) {
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(f));
+}
+__device__ __forceinline__ uint32_t floatToBits(Fp16, float f) {
+    return (uint32_t)__half_as_ushort(__float2half_rn(f));
+}
+
+template <typename T>
+__device__ __forceinline__ float getf(const Chunk<T> &c, int i) {
+    if constexpr (T::kSize == 4) {
+        return __uint_as_float(c.w[i]);
+    } else {
+        return bitsToFloat(T(), (c.w[i >> 1] >> ((i & 1) * 16)) & 0xffffu);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void setf(Chunk<T> &c, int i, float f) {
+    if constexpr (T::kSize == 4) {
+        c.w[i] = __float_as_uint(f);
+    } else {
+        uint32_t b = floatToBits(T(), f);
+        if (i & 1)
+            c.w[i >> 1] = (c.w[i >> 1] & 0x0000ffffu) | (b << 16);
+        else
+            c.w[i >> 1] = (c.w[i >> 1] & 0xffff0000u) | b;
+    }
+}
+
+/* float rounded to T and back. */
+template <typename T>
+__device__ __forceinline__ float roundTo(float f) {
+    if constexpr (T::kSize == 4) {
+        return f;
+    } else {
+        return bitsToFloat(T(), floatToBits(T(), f));
+    }
+}
+
+/* -0.0 -> +0.0 on every element. */
+template <typename T>
+__device__ __forceinline__ void mapNegZero(Chunk<T> &c) {
+#pragma unroll
+    for (int k = 0; k < Chunk<T>::kWords; k++) {
+        uint32_t v = c.w[k];
+        if constexpr (T::kSize == 4) {
+            if (v == 0x80000000u) v = 0u;
+        } else {
+            if ((v & 0xffffu) == 0x8000u) v &= 0xffff0000u;
+            if ((v >> 16) == 0x8000u) v &= 0x0000ffffu;
+        }
+        c.w[k] = v;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ bool hasSentinel(const Chunk<T> &c) {
+    bool any = false;
+#pragma unroll
+    for (int k = 0; k < Chunk<T>::kWords; k++) any |= (c.w[k] == kSentinel);
+    return any;
+}
+
+__device__ __forceinline__ uint4 ldVolatile(const void *p) {
+    uint4 v;
+    asm volatile("ld.volatile.global.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p)
+                 : "memory");
+    return v;
+}
+
+__device__ __forceinline__ unsigned long long globalTimer() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+template <typename T>
+__device__ __forceinline__ void storeChunk(void *p, const Chunk<T> &c) {
+#pragma unroll
+    for (int v = 0; v < Chunk<T>::kVecs; v++)
+        reinterpret_cast<uint4 *>(p)[v] =
+            make_uint4(c.w[4 * v], c.w[4 * v + 1], c.w[4 * v + 2], c.w[4 * v + 3]);
+}
+
+template <typename T>
+__device__ __forceinline__ void loadChunkPlain(Chunk<T> &c, const void *p) {
+#pragma unroll
+    for (int v = 0; v < Chunk<T>::kVecs; v++) {
+        uint4 x = reinterpret_cast<const uint4 *>(p)[v];
+        c.w[4 * v] = x.x;
+        c.w[4 * v + 1] = x.y;
+        c.w[4 * v + 2] = x.z;
+        c.w[4 * v + 3] = x.w;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void loadChunkVolatile(Chunk<T> &c, const void *p) {
+#pragma unroll
+    for (int v = 0; v < Chunk<T>::kVecs; v++) {
+        uint4 x = ldVolatile(reinterpret_cast<const uint4 *>(p) + v);
+        c.w[4 * v] = x.x;
+        c.w[4 * v + 1] = x.y;
+        c.w[4 * v + 2] = x.z;
+        c.w[4 * v + 3] = x.w;
+    }
+}
+
+/* A user tensor's chunk (row, c): 16-byte loads when the chunk is whole and the tensors
+ * are aligned, element loads otherwise; elements outside the tensor read as +0.0. */
+template <typename T>
+__device__ __forceinline__ void loadUser(Chunk<T> &c, const void *base, long long row,
+                                         long long chunk, long long hidden, long long count,
+                                         bool vec) {
+    const long long col = chunk * 8;
+    const long long g = row * hidden + col;
+    if (vec && col + 8 <= hidden && g + 8 <= count) {
+        loadChunkPlain(c, (const char *)base + g * T::kSize);
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < Chunk<T>::kWords; k++) c.w[k] = 0u;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        if (col + i < hidden && g + i < count) {
+            if constexpr (T::kSize == 4) {
+                c.w[i] = ((const uint32_t *)base)[g + i];
+            } else {
+                uint32_t b = ((const uint16_t *)base)[g + i];
+                c.w[i >> 1] |= b << ((i & 1) * 16);
+            }
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void storeUser(void *base, const Chunk<T> &c, long long row,
+                                          long long chunk, long long hidden, long long count,
+                                          bool vec) {
+    const long long col = chunk * 8;
+    const long long g = row * hidden + col;
+    if (vec && col + 8 <= hidden && g + 8 <= count) {
+        storeChunk(reinterpret_cast<char *>(base) + g * T::kSize, c);
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        if (col + i < hidden && g + i < count) {
+            if constexpr (T::kSize == 4) {
+                ((uint32_t *)base)[g + i] = c.w[i];
+            } else {
+                ((uint16_t *)base)[g + i] = (uint16_t)((c.w[i >> 1] >> ((i & 1) * 16)) & 0xffffu);
+            }
+        }
+    }
+}
+
+/* Weight chunk as floats, weight of type T or fp32. */
+template <typename T>
+__device__ __forceinline__ void loadWeight(float w[8], const void *weight, int weightIsF32,
+                                           long long chunk, long long hidden, bool vec) {
+    if (weightIsF32) {
+        Chunk<Fp32> c;
+        loadUser(c, weight, 0, chunk, hidden, hidden, vec);
+#pragma unroll
+        for (int i = 0; i < 8; i++) w[i] = getf(c, i);
+    } else {
+        Chunk<T> c;
+        loadUser(c, weight, 0, chunk, hidden, hidden, vec);
+#pragma unroll
+        for (int i = 0; i < 8; i++) w[i] = getf(c, i);
+    }
+}
+
+/* ------------------------------------------------------------------ waits */
+
+struct Waiter {
+    unsigned long long deadline;
+    const arnormKCtrl *ctrl;
+    int *errWord;
+    int failed;
+    unsigned int iter;
+};
+
+/* Spins until the Lamport chunk at p is written (or the wait fails). */
+template <typename T>
+__device__ __forceinline__ void spinChunk(Chunk<T> &c, const void *p, int peer, Waiter &w,
+                                          arnormKCtrl *ctrl) {
+    for (;;) {
+        loadChunkVolatile(c, p);
+        if (!hasSentinel(c) || w.failed) return;
+        if ((++w.iter & 63u) == 0) {
+            if (*(volatile const int *)&ctrl->failed) {
+                w.failed = 1;
+                return;
+            }
+            if (globalTimer() > w.deadline) {
+                w.failed = 1;
+                *(volatile int *)&ctrl->failed = 1;
+                atomicCAS_system(w.errWord, 0, peer + 1);
+                __threadfence_system();
+                return;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ the row tail */
+
+/* Block-wide sum of one float per thread by the tree of numerics.h. All threads call it. */
+__device__ __forceinline__ float rowTree(float v, float *red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nw = blockDim.x >> 5;
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float u = lane < nw ? red[lane] : 0.0f;
+#pragma unroll
+        for (int o = 16; o >= 1; o >>= 1) u = __fadd_rn(u, __shfl_xor_sync(0xffffffffu, u, o));
+        if (lane == 0) red[32] = u;
+    }
+    __syncthreads();
+    return red[32];
+}
+
+/*
+ * Finishes one row whose pre-residual values come from `get(c, x)` (x already -0-mapped
+ * floats of D values): h = D(x + residual) when addResidual, else h = x; stores h to
+ * residualOut; when doNorm, reduces and stores normOut. All threads of the block call it.
+ */
+template <typename T, typename Get>
+__device__ __forceinline__ void finishRow(const arnormKArgs &a, long long row, bool addResidual,
+                                          bool vec, float *red, Get get) {
+    const long long hidden = a.hidden;
+    const long long nchunks = (hidden + 7) / 8;
+    const int S = blockDim.x;
+    float sumsq = 0.0f;
+    float h0[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) h0[i] = 0.0f;
+    int k = 0;
+    for (long long c = threadIdx.x; c < nchunks; c += S, k++) {
+        float x[8];
+        get(c, x);
+        if (addResidual) {
+            Chunk<T> r;
+            loadUser(r, a.residual, row, c, hidden, a.count, vec);
+#pragma unroll
+            for (int i = 0; i < 8; i++) x[i] = roundTo<T>(__fadd_rn(x[i], getf(r, i)));
+        }
+        if (a.residualOut) {
+            Chunk<T> o;
+#pragma unroll
+            for (int i = 0; i < 8; i++) setf(o, i, x[i]);
+            storeUser(a.residualOut, o, row, c, hidden, a.count, vec);
+        }
+        if (a.doNorm) {
+            /* elements past the row end are +0.0: adding 0 * 0 leaves acc unchanged */
+#pragma unroll
+            for (int i = 0; i < 8; i++) sumsq = __fadd_rn(sumsq, __fmul_rn(x[i], x[i]));
+        }
+        if (k == 0) {
+#pragma unroll
+            for (int i = 0; i < 8; i++) h0[i] = x[i];
+        }
+    }
+    if (!a.doNorm) return;
+    const float total = rowTree(sumsq, red);
+    const float var = __fdiv_rn(total, (float)hidden);
+    const float s = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, a.eps)));
+    k = 0;
+    for (long long c = threadIdx.x; c < nchunks; c += S, k++) {
+        float h[8];
+        if (k == 0) {
+#pragma unroll
+            for (int i = 0; i < 8; i++) h[i] = h0[i];
+        } else if (a.residualOut) { /* our own store of h, same thread */
+            Chunk<T> r;
+            loadUser(r, a.residualOut, row, c, hidden, a.count, vec);
+#pragma unroll
+            for (int i = 0; i < 8; i++) h[i] = getf(r, i);
+        } else { /* norm only without residual: h is the (mapped) input */
+            Chunk<T> r;
+            loadUser(r, a.input, row, c, hidden, a.count, vec);
+            mapNegZero(r);
+#pragma unroll
+            for (int i = 0; i < 8; i++) h[i] = getf(r, i);
+        }
+        float w[8];
+        loadWeight<T>(w, a.weight, a.weightType == 2, c, hidden, vec);
+        Chunk<T> o;
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            setf(o, i, __fmul_rn(__fmul_rn(h[i], s), __fadd_rn(a.weightBias, w[i])));
+        storeUser(a.normOut, o, row, c, hidden, a.count, vec);
+    }
+}
+
+__device__ __forceinline__ void pdlWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdlTrigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ bool isVec(const arnormKArgs &a) {
+    uintptr_t m = (uintptr_t)a.input | (uintptr_t)a.residual | (uintptr_t)a.residualOut |
+                  (uintptr_t)a.normOut | (uintptr_t)a.weight;
+    return (m & 15u) == 0 && (a.hidden & 7) == 0;
+}
+
+/* ------------------------------------------------------------------ kernels */
+
+template <typename T>
+__global__ void __launch_bounds__(1024) normKernel(const arnormKArgs a) {
+    __shared__ float red[33];
+    pdlWait();
+    const bool vec = isVec(a);
+    const bool addRes = a.residual != nullptr;
+    for (long long row = blockIdx.x; row < a.rows; row += gridDim.x) {
+        finishRow<T>(a, row, addRes, vec, red, [&](long long c, float x[8]) {
+            Chunk<T> in;
+            loadUser(in, a.input, row, c, a.hidden, a.count, vec);
+            mapNegZero(in);
+#pragma unroll
+            for (int i = 0; i < 8; i++) x[i] = getf(in, i);
+        });
+    }
+    __syncthreads();
+    pdlTrigger();
+}
+
+/* Called at the end of a Lamport kernel: the last block to finish advances the rotation. */
+__device__ __forceinline__ void lamportAdvance(arnormKCtrl *ctrl, unsigned long long count,
+                                               int slot, long long used) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        unsigned int prev = atomicAdd(&ctrl->done, 1u);
+        if (prev == gridDim.x - 1) {
+            ctrl->done = 0;
+            ctrl->used[slot] = (unsigned long long)used;
+            ctrl->count = count + 1;
+            __threadfence();
+        }
+    }
+}
+
+/* Clears `bytes` of a slot back to the sentinel, spread over the grid. */
+__device__ __forceinline__ void lamportClear(char *slotBase, long long bytes) {
+    const uint4 s = make_uint4(kSentinel, kSentinel, kSentinel, kSentinel);
+    const long long n = bytes / 16;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        reinterpret_cast<uint4 *>(slotBase)[i] = s;
+}
+
+template <typename T, int N>
+__global__ void __launch_bounds__(1024) oneShotKernel(const arnormKArgs a) {
+    __shared__ float red[33];
+    pdlWait();
+    arnormKCtrl *ctrl = a.ctrl;
+    const unsigned long long count = *(volatile unsigned long long *)&ctrl->count;
+    const int slot = (int)(count % 3), clearSlot = (int)((count + 2) % 3);
+    const long long clearBytes = (long long)*(volatile unsigned long long *)&ctrl->used[clearSlot];
+    Waiter w;
+    w.deadline = globalTimer() + (unsigned long long)a.timeoutNs;
+    w.errWord = a.errWord;
+    w.failed = *(volatile int *)&ctrl->failed;
+    w.iter = 0;
+
+    const bool vec = isVec(a);
+    const long long hidden = a.hidden, nchunks = (hidden + 7) / 8;
+    const long long pitch = arnormKPitch(hidden, a.dtype);
+    const long long region = a.rows * pitch;
+    const long long slotOff = (long long)slot * a.slotBytes;
+    const int rank = a.rank;
+    constexpr long long cb = 8 * T::kSize;
+
+    /* 1. push this rank's rows into every peer's slot, region `rank` */
+    for (long long row = blockIdx.x; row < a.rows; row += gridDim.x) {
+        for (long long c = threadIdx.x; c < nchunks; c += blockDim.x) {
+            Chunk<T> x;
+            loadUser(x, a.input, row, c, hidden, a.count, vec);
+            mapNegZero(x);
+            const long long off = slotOff + rank * region + row * pitch + c * cb;
+#pragma unroll
+            for (int p = 0; p < N; p++)
+                if (p != rank) storeChunk((char *)a.peerBuf[p] + off, x);
+        }
+    }
+    /* 2. clear the slot the previous call read */
+    char *mine = (char *)a.peerBuf[rank];
+    lamportClear(mine + (long long)clearSlot * a.slotBytes, clearBytes);
+
+    /* 3. wait, sum in rank order, residual, norm */
+    for (long long row = blockIdx.x; row < a.rows; row += gridDim.x) {
+        finishRow<T>(a, row, a.residual != nullptr, vec, red, [&](long long c, float x[8]) {
+            Chunk<T> v[N];
+#pragma unroll
+            for (int p = 0; p < N; p++) {
+                if (p == rank) {
+                    loadUser(v[p], a.input, row, c, hidden, a.count, vec);
+                    mapNegZero(v[p]);
+                } else {
+                    spinChunk(v[p], mine + slotOff + p * region + row * pitch + c * cb, p, w,
+                              ctrl);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                float s = getf(v[0], i);
+#pragma unroll
+                for (int p = 1; p < N; p++) s = __fadd_rn(s, getf(v[p], i));
+                s = roundTo<T>(s);
+                x[i] = s == 0.0f ? 0.0f : s; /* a rounded to -0.0 is taken as +0.0 */
+            }
+        });
+    }
+    lamportAdvance(ctrl, count, slot, (long long)N * region);
+    pdlTrigger();
+}
+
+template <typename T, int N>
+__global__ void __launch_bounds__(1024) twoShotKernel(const arnormKArgs a) {
+    __shared__ float red[33];
+    pdlWait();
+    arnormKCtrl *ctrl = a.ctrl;
+    const unsigned long long count = *(volatile unsigned long long *)&ctrl->count;
+    const int slot = (int)(count % 3), clearSlot = (int)((count + 2) % 3);
+    const long long clearBytes = (long long)*(volatile unsigned long long *)&ctrl->used[clearSlot];
+    Waiter w;
+    w.deadline = globalTimer() + (unsigned long long)a.timeoutNs;
+    w.errWord = a.errWord;
+    w.failed = *(volatile int *)&ctrl->failed;
+    w.iter = 0;
+
+    const bool vec = isVec(a);
+    const long long hidden = a.hidden, nchunks = (hidden + 7) / 8;
+    const long long rows = a.rows;
+    const long long pitch = arnormKPitch(hidden, a.dtype);
+    const long long owned = (rows + N - 1) / N;
+    const long long rsStride = owned * pitch;
+    const long long agOff = (long long)N * rsStride;
+    const long long slotOff = (long long)slot * a.slotBytes;
+    const int rank = a.rank;
+    constexpr long long cb = 8 * T::kSize;
+    char *mine = (char *)a.peerBuf[rank];
+
+    /* 1. reduce-scatter push: row i goes to its owner's region `rank` */
+    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
+        int p = (int)((row * N + N - 1) / rows); /* first p with rows*p/N >= row ... */
+        while (p > 0 && rows * p / N > row) p--;
+        while (p < N - 1 && rows * (p + 1) / N <= row) p++;
+        const long long j = row - rows * p / N;
+        char *dst = (char *)a.peerBuf[p] + slotOff + rank * rsStride + j * pitch;
+        for (long long c = threadIdx.x; c < nchunks; c += blockDim.x) {
+            Chunk<T> x;
+            loadUser(x, a.input, row, c, hidden, a.count, vec);
+            mapNegZero(x);
+            storeChunk(dst + c * cb, x);
+        }
+    }
+    /* 2. clear the slot the previous call read */
+    lamportClear(mine + (long long)clearSlot * a.slotBytes, clearBytes);
+
+    /* 3. owned rows: sum in rank order, residual add, push h to every rank */
+    const long long r0 = rows * rank / N, r1 = rows * (rank + 1) / N;
+    for (long long j = blockIdx.x; j < r1 - r0; j += gridDim.x) {
+        const long long row = r0 + j;
+        for (long long c = threadIdx.x; c < nchunks; c += blockDim.x) {
+            Chunk<T> v[N];
+#pragma unroll
+            for (int q = 0; q < N; q++)
+                spinChunk(v[q], mine + slotOff + q * rsStride + j * pitch + c * cb, q, w, ctrl);
+            Chunk<T> r;
+            if (a.residual) loadUser(r, a.residual, row, c, hidden, a.count, vec);
+            Chunk<T> o;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                float s = getf(v[0], i);
+#pragma unroll
+                for (int q = 1; q < N; q++) s = __fadd_rn(s, getf(v[q], i));
+                s = roundTo<T>(s);
+                if (s == 0.0f) s = 0.0f;
+                if (a.residual) s = roundTo<T>(__fadd_rn(s, getf(r, i)));
+                setf(o, i, s);
+            }
+            mapNegZero(o);
+            const long long off = slotOff + agOff + row * pitch + c * cb;
+#pragma unroll
+            for (int p = 0; p < N; p++) storeChunk((char *)a.peerBuf[p] + off, o);
+        }
+    }
+
+    /* 4. every row: wait for h, store residualOut, norm */
+    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
+        int owner = (int)((row * N) / rows);
+        while (owner > 0 && rows * owner / N > row) owner--;
+        while (owner < N - 1 && rows * (owner + 1) / N <= row) owner++;
+        finishRow<T>(a, row, false, vec, red, [&](long long c, float x[8]) {
+            Chunk<T> v;
+            spinChunk(v, mine + slotOff + agOff + row * pitch + c * cb, owner, w, ctrl);
+#pragma unroll
+            for (int i = 0; i < 8; i++) x[i] = getf(v, i);
+        });
+    }
+    lamportAdvance(ctrl, count, slot, agOff + rows * pitch);
+    pdlTrigger();
+}
+
+__global__ void fillKernel(uint32_t *p, uint32_t v, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        p[i] = v;
+}
+
+/* ------------------------------------------------------------------ launch */
+
+typedef void (*KernelFn)(const arnormKArgs);
+
+template <typename T>
+KernelFn pickLamport(int algo, int n) {
+#define ARNORM_K(NN)                                                                           \
+    case NN:                                                                                   \
+        return algo == arnormKOneShot ? (KernelFn)oneShotKernel<T, NN> : (KernelFn)twoShotKernel<T, NN>;
+    switch (n) {
+        ARNORM_K(2)
+        ARNORM_K(3)
+        ARNORM_K(4)
+        ARNORM_K(5)
+        ARNORM_K(6)
+        ARNORM_K(7)
+        ARNORM_K(8)
+    default: return nullptr;
+    }
+#undef ARNORM_K
+}
+
+KernelFn pickKernel(int algo, int dtype, int n) {
+    if (algo == arnormKNorm) {
+        switch (dtype) {
+        case 0: return normKernel<Bf16>;
+        case 1: return normKernel<Fp16>;
+        case 2: return normKernel<Fp32>;
+        default: return nullptr;
+        }
+    }
+    switch (dtype) {
+    case 0: return pickLamport<Bf16>(algo, n);
+    case 1: return pickLamport<Fp16>(algo, n);
+    case 2: return pickLamport<Fp32>(algo, n);
+    default: return nullptr;
+    }
+}
+
+/* Blocks per SM a kernel can keep resident at `threads` threads (cached; the answer does
+ * not depend on the device among those one process drives: same architecture). */
+std::atomic<int> gOcc[3][3][9][33];
+
+int occupancy(KernelFn fn, int algo, int dtype, int n, int threads) {
+    std::atomic<int> &slot = gOcc[algo][dtype][n][threads / 32];
+    int v = slot.load(std::memory_order_relaxed);
+    if (v > 0) return v;
+    int occ = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, threads, 0) != cudaSuccess || occ < 1)
+        occ = 1;
+    slot.store(occ, std::memory_order_relaxed);
+    return occ;
+}
+
+} // namespace
+
+extern "C" int arnormKLaunch(const arnormKArgs *a, void *stream) {
+    const int n = a->algo == arnormKNorm ? 1 : a->nranks;
+    if (a->algo != arnormKNorm && (n < 2 || n > ARNORM_CUDA_MAX_RANKS))
+        return (int)cudaErrorInvalidValue;
+    if (a->dtype < 0 || a->dtype > 2 || a->rows <= 0 || a->hidden <= 0)
+        return (int)cudaErrorInvalidValue;
+    KernelFn fn = pickKernel(a->algo, a->dtype, n);
+    if (!fn) return (int)cudaErrorInvalidValue;
+    const int threads = arnormRowSlots((size_t)a->hidden);
+    int occ = occupancy(fn, a->algo, a->dtype, n, threads);
+    long long perSm = a->algo == arnormKNorm ? occ : (occ < 4 ? occ : 4);
+    long long grid = (long long)a->smCount * perSm;
+    if (grid > a->rows) grid = a->rows;
+    if (grid < 1) grid = 1;
+
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)grid);
+    cfg.blockDim = dim3((unsigned)threads);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = (cudaStream_t)stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = a->pdl ? 1 : 0;
+    cudaError_t e = cudaLaunchKernelEx(&cfg, fn, *a);
+    if (e != cudaSuccess) return (int)e;
+    return (int)cudaGetLastError();
+}
+
+extern "C" int arnormKFill32(void *p, unsigned int value, size_t words, void *stream) {
+    if (words == 0) return 0;
+    size_t blocks = (words + 255) / 256;
+    if (blocks > 4096) blocks = 4096;
+    fillKernel<<<(unsigned)blocks, 256, 0, (cudaStream_t)stream>>>((uint32_t *)p, value, words);
+    return (int)cudaGetLastError();
+}

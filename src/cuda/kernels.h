@@ -1,0 +1,107 @@
+/*
+ * kernels.h - the CUDA kernels' launchers, callable from C (cuda_backend.c).
+ *
+ * One kernel family does every GPU path:
+ *   algo Norm     residual add + RMSNorm of one rank's rows (one GPU, and the second half
+ *                 of the NCCL fallback)
+ *   algo OneShot  Lamport one-shot: push the partial into every peer's slot, spin on the
+ *                 local slot, sum in rank order, residual add, RMSNorm
+ *   algo TwoShot  Lamport two-shot: push each row to its owner (reduce-scatter), the owner
+ *                 sums in rank order and adds the residual, pushes h to every rank
+ *                 (all-gather), every rank normalizes every row
+ * With doNorm = 0 the same kernels are the plain all-reduce (output = the rounded sum).
+ *
+ * Workspace of a rank: 3 Lamport slots of slotBytes each, filled at init with the 32-bit
+ * word 0x80000000 (the -0.0f sentinel; for 16-bit types it is a pair whose upper element
+ * is -0.0, which no writer ever sends). A control block in device memory holds the
+ * rotation state so a replayed CUDA graph keeps rotating.
+ */
+#ifndef ARNORM_CUDA_KERNELS_H
+#define ARNORM_CUDA_KERNELS_H
+
+#include <stddef.h>
+
+#if defined(__CUDACC__)
+#define ARNORM_KHD __host__ __device__ static inline
+#else
+#define ARNORM_KHD static inline
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ARNORM_CUDA_MAX_RANKS 8
+#define ARNORM_LAMPORT_SLOTS 3
+#define ARNORM_SENTINEL_WORD 0x80000000u
+/* Rows of the plain all-reduce: the vector is viewed as rows of this many elements. */
+#define ARNORM_AR_ROW 4096
+
+enum { arnormKNorm = 0, arnormKOneShot = 1, arnormKTwoShot = 2 };
+
+/* Per-rank control block (device memory, zeroed at init). */
+typedef struct {
+    unsigned long long count;   /* Lamport calls made: slot = count % 3 */
+    unsigned long long used[3]; /* bytes of each slot the call that last wrote it used */
+    unsigned int done;          /* blocks of the running call that finished */
+    int failed;                 /* a wait timed out: later calls don't wait any more */
+    unsigned long long pad[10];
+} arnormKCtrl;
+
+typedef struct {
+    /* tensors (already offset to the chunk) */
+    const void *input;    /* partial (fused) or input (norm) */
+    const void *residual; /* may be NULL (norm only / all-reduce) */
+    void *residualOut;    /* h, or the sum for the all-reduce; may be NULL in Norm when
+                             residual is NULL */
+    void *normOut;        /* NULL when doNorm == 0 */
+    const void *weight;   /* hidden elements of weightType */
+    int dtype;            /* arnormDataType_t */
+    int weightType;
+    float eps;
+    float weightBias;
+    long long rows;
+    long long hidden;
+    long long count; /* valid elements from input (rows * hidden, less for the all-reduce's
+                        last row) */
+    int doNorm;
+    int algo; /* arnormKNorm / arnormKOneShot / arnormKTwoShot */
+    /* Lamport state */
+    void *peerBuf[ARNORM_CUDA_MAX_RANKS]; /* every rank's workspace base, in this address space */
+    arnormKCtrl *ctrl;
+    int *errWord;           /* host-mapped: 0, or 1 + the peer a wait timed out on */
+    long long slotBytes;
+    long long timeoutNs;
+    int rank;
+    int nranks;
+    /* launch */
+    int smCount;
+    int pdl; /* programmatic dependent launch (sm_90+) */
+} arnormKArgs;
+
+/* Bytes of a row in the Lamport buffer (padded to whole 8-element chunks). */
+ARNORM_KHD long long arnormKPitch(long long hidden, int dtype) {
+    long long hp = (hidden + 7) / 8 * 8;
+    return hp * (dtype == 2 ? 4 : 2);
+}
+
+/* Slot bytes a call of `rows` rows uses (what the next calls must clear). */
+ARNORM_KHD long long arnormKUsedBytes(int algo, long long rows, long long hidden, int dtype,
+                                         int nranks) {
+    long long pitch = arnormKPitch(hidden, dtype);
+    if (algo == arnormKOneShot) return (long long)nranks * rows * pitch;
+    long long owned = (rows + nranks - 1) / nranks;
+    return (long long)nranks * owned * pitch + rows * pitch;
+}
+
+/* Launches one call; returns a cudaError_t (0 = success). */
+int arnormKLaunch(const arnormKArgs *args, void *stream);
+
+/* Fills `words` 32-bit words at p with `value` (stream-ordered). */
+int arnormKFill32(void *p, unsigned int value, size_t words, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ARNORM_CUDA_KERNELS_H */
