@@ -351,6 +351,8 @@ class Communicator:
             else:
                 raise ValueError("hidden: cannot be inferred from a flat buffer; pass hidden=")
         hidden = int(hidden)
+        if hidden < 1:
+            raise ValueError("hidden: must be >= 1, got %d" % hidden)
         if tokens is None:
             if lead.count is None:
                 raise ValueError("tokens: cannot be inferred from an address; pass tokens=")
