@@ -12,6 +12,7 @@
  * Destroy waits for this rank's work (and, single-process, the group's devices), closes
  * handles, then frees.
  */
+#define _GNU_SOURCE
 #include <cuda_runtime.h>
 #include <nccl.h>
 #include <pthread.h>
