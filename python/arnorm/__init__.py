@@ -69,9 +69,10 @@ def __getattr__(name):
     # The torch helper is imported on demand so that `import arnorm` never needs torch.
     if name in ("fused_allreduce_gemma_rms_norm", "can_fuse", "max_token_num", "TorchCommunicator",
                 "init_communicator", "torch_helper"):
-        from . import torch_helper
+        import importlib
 
-        return torch_helper if name == "torch_helper" else getattr(torch_helper, name)
+        th = importlib.import_module(__name__ + ".torch_helper")
+        return th if name == "torch_helper" else getattr(th, name)
     raise AttributeError("module 'arnorm' has no attribute %r" % name)
 
 

@@ -134,14 +134,15 @@ class TorchCommunicator:
             uid = _lib.get_unique_id()
         if self.world_size > 1:
             obj = [uid]
-            src = dist.get_global_rank(group, 0) if group is not dist.group.WORLD else 0
-            bdev = device if (device.type == "cuda" and dist.get_backend(group) == "nccl") else None
-            if bdev is not None:
-                with torch.cuda.device(bdev):
-                    dist.broadcast_object_list(obj, src=src, group=group, device=bdev)
+            src = dist.get_global_rank(group, 0)
+            if device.type == "cuda":
+                with torch.cuda.device(device):  # NCCL groups move the object through it
+                    dist.broadcast_object_list(obj, src=src, group=group)
             else:
                 dist.broadcast_object_list(obj, src=src, group=group)
             uid = obj[0]
+            if not isinstance(uid, bytes) or len(uid) != _lib.ARNORM_UNIQUE_ID_BYTES:
+                raise RuntimeError("arnorm: bad unique id received from group rank 0")
         if device.type == "cuda":
             with torch.cuda.device(device):
                 self.comm = Communicator(self.world_size, uid, self.rank, **config)
@@ -407,7 +408,13 @@ def fused_allreduce_gemma_rms_norm(hidden_states, residual, norm, weight_bias=1.
         tc, dev = None, None
     reason = _route(dev, hidden_states, residual, weight)
     if reason is None and tc is None:
-        tc = get_communicator(group, hidden_states.device)
+        xd = hidden_states.device
+        if xd.index != torch.cuda.current_device() and \
+                (_group_key(group), str(xd)) not in _comms:
+            raise ValueError(
+                "hidden_states is on %s but the current device is cuda:%d; arnorm binds one GPU "
+                "per rank (torch.cuda.set_device, or pass comm=)" % (xd, torch.cuda.current_device()))
+        tc = get_communicator(group, xd)
         if tc is None:
             reason = Reason.NoWorkspace
     if reason is not None:

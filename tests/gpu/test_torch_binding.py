@@ -508,6 +508,7 @@ def timing(C, device):
 
 def main():
     global RANK, WORLD
+    torch.set_grad_enabled(False)
     torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if torchrun:
         local = int(os.environ.get("LOCAL_RANK", "0"))
