@@ -35,8 +35,8 @@ import torch
 import torch.distributed as dist
 
 from . import _lib
-from ._lib import Backend, DataType, Reason, Result
-from .comm import Communicator, FuseInfo
+from ._lib import Backend, DataType, Reason
+from .comm import Communicator
 
 _TORCH_DTYPES = {
     torch.bfloat16: DataType.Bfloat16,
@@ -341,7 +341,7 @@ def torch_residual_rms_norm(x, residual, weight, eps, weight_bias=1.0):
 def _torch_all_reduce(x, group, world_size, fallback_device):
     if world_size <= 1:
         return x
-    y = x.clone()
+    y = x.clone(memory_format=torch.contiguous_format)  # collectives want dense tensors
     if y.device.type == "cpu" and dist.get_backend(group) == "nccl":
         dev = fallback_device if fallback_device is not None and fallback_device.type == "cuda" \
             else torch.device("cuda", torch.cuda.current_device())

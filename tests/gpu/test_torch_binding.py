@@ -24,7 +24,7 @@ failed, and 'N passed, N failed, N skipped'; exit status 1 on any failure):
 """
 
 import os
-import signal
+import threading
 import sys
 import time
 import traceback
@@ -515,20 +515,25 @@ def main():
         if local >= torch.cuda.device_count():
             skip_all("LOCAL_RANK %d but %d GPUs" % (local, torch.cuda.device_count()))
         torch.cuda.set_device(local)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local)) \
-            if "device_id" in dist.init_process_group.__code__.co_varnames else dist.init_process_group("nccl")
+        try:  # device_id makes the NCCL communicator eagerly (torch >= 2.3)
+            dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+        except TypeError:
+            dist.init_process_group("nccl")
         RANK, WORLD = dist.get_rank(), dist.get_world_size()
     else:
         RANK, WORLD = 0, 1
         torch.cuda.set_device(0)
     device = torch.device("cuda", torch.cuda.current_device())
 
-    def watchdog(signum, frame):
-        print("FAIL rank %d: watchdog: no progress in %d s (a hang?)" % (RANK, WATCHDOG_S), flush=True)
+    def watchdog():
+        print("FAIL rank %d: watchdog: not done after %d s (a hang?)" % (RANK, WATCHDOG_S), flush=True)
+        print("0 passed, 1 failed, 0 skipped", flush=True)
         os._exit(2)
 
-    signal.signal(signal.SIGALRM, watchdog)
-    signal.alarm(WATCHDOG_S)
+    # a thread, so that it fires even while the main thread waits inside C code
+    dog = threading.Timer(WATCHDOG_S, watchdog)
+    dog.daemon = True
+    dog.start()
 
     C = Checks(RANK)
     if RANK == 0:
@@ -595,7 +600,7 @@ def main():
         dist.destroy_process_group()
     else:
         ath.destroy_communicators()
-    signal.alarm(0)
+    dog.cancel()
     return 1 if failed else 0
 
 
