@@ -11,7 +11,7 @@ cd "$ROOT"
 BUILD="${BUILD:-build-gpu}"
 LOGS="${OUT:-$ROOT/gpu-results}"
 mkdir -p "$LOGS"
-STAGES="${STAGES:-tests sanitize bench}"
+STAGES="${STAGES:-tests sanitize bench crossover}"
 MODE=""
 [ "${QUICK:-0}" = 1 ] && MODE=quick
 export LD_LIBRARY_PATH="$ROOT/$BUILD:${LD_LIBRARY_PATH:-}:/usr/lib/x86_64-linux-gnu"
@@ -43,8 +43,9 @@ fails=0
 if [[ " $STAGES " == *" tests "* ]]; then
   for w in 1 2 3 4; do
     [ "$w" -gt "$NGPU" ] && { note "SKIP  world $w (only $NGPU GPUs)"; continue; }
-    run "test_mp_w$w" 900 "$T" mp "$w" $MODE || fails=$((fails+1))
-    run "test_sp_w$w" 900 "$T" sp "$w" $MODE || fails=$((fails+1))
+    M="$MODE"; [[ " ${FULL_WORLDS:-} " == *" $w "* ]] && M=""
+    run "test_mp_w$w" "${TEST_TIMEOUT:-900}" "$T" mp "$w" $M || fails=$((fails+1))
+    run "test_sp_w$w" "${TEST_TIMEOUT:-900}" "$T" sp "$w" $M || fails=$((fails+1))
   done
 fi
 if [[ " $STAGES " == *" sanitize "* ]]; then
@@ -57,6 +58,15 @@ if [[ " $STAGES " == *" bench "* ]]; then
   B="$BUILD/bench/arnorm-bench"
   run bench 600 "$B" -B cuda -g 2,4 -t 1,8,32,128,512,2048,8192 -H 4096 -d bf16 -G 2 -o "$LOGS/bench.csv" || fails=$((fails+1))
   cat "$LOGS/bench.log"
+fi
+if [[ " $STAGES " == *" crossover "* ]]; then
+  # fused forced (one-shot, then two-shot) against NCCL + norm in the same run, all sizes
+  for algo in oneshot twoshot; do
+    ARNORM_FUSE_MAX_BYTES=1073741824 ARNORM_ALGO=$algo run "cross_$algo" 300 "$BUILD/bench/arnorm-bench" -B cuda \
+      -g 2,3,4 -t 1,8,32,64,128,256,512,1024,2048,4096,8192,16384 -H 4096 -d bf16 -G 1 -n 20 -r 5 \
+      -o "$LOGS/cross_$algo.csv" || true
+    grep -v '^#' "$LOGS/cross_$algo.log" | head -40
+  done
 fi
 echo "==== summary"; cat "$SUMMARY"; echo "failures: $fails"
 exit $fails

@@ -298,13 +298,16 @@ __device__ __forceinline__ void finishRow(const arnormKArgs &a, long long row, b
     float h0[8];
 #pragma unroll
     for (int i = 0; i < 8; i++) h0[i] = 0.0f;
+    float w0[8];
     int k = 0;
     for (long long c = threadIdx.x; c < nchunks; c += S, k++) {
+        /* residual and weight loads go out before the wait for the sum */
+        Chunk<T> r;
+        if (addResidual) loadUser(r, a.residual, row, c, hidden, a.count, vec);
+        if (k == 0 && a.doNorm) loadWeight<T>(w0, a.weight, a.weightType == 2, c, hidden, vec);
         float x[8];
         get(c, x);
         if (addResidual) {
-            Chunk<T> r;
-            loadUser(r, a.residual, row, c, hidden, a.count, vec);
 #pragma unroll
             for (int i = 0; i < 8; i++) x[i] = roundTo<T>(__fadd_rn(x[i], getf(r, i)));
         }
@@ -347,7 +350,12 @@ __device__ __forceinline__ void finishRow(const arnormKArgs &a, long long row, b
             for (int i = 0; i < 8; i++) h[i] = getf(r, i);
         }
         float w[8];
-        loadWeight<T>(w, a.weight, a.weightType == 2, c, hidden, vec);
+        if (k == 0) {
+#pragma unroll
+            for (int i = 0; i < 8; i++) w[i] = w0[i];
+        } else {
+            loadWeight<T>(w, a.weight, a.weightType == 2, c, hidden, vec);
+        }
         Chunk<T> o;
 #pragma unroll
         for (int i = 0; i < 8; i++)
