@@ -399,6 +399,9 @@ def fused_allreduce_gemma_rms_norm(hidden_states, residual, norm, weight_bias=1.
     Inputs are not modified; both outputs are new tensors.
     """
     weight, eps = _norm_params(norm)
+    if comm is not None and not isinstance(comm, TorchCommunicator):
+        raise TypeError("comm must be an arnorm.torch_helper.TorchCommunicator (wrap an "
+                        "arnorm.Communicator with TorchCommunicator(device=..., comm=c))")
     if comm is not None:
         tc, dev = comm, comm.device
         grp, world = comm.group, comm.world_size
