@@ -125,8 +125,9 @@ class TorchCommunicator:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
-        if comm is not None:
+        if comm is not None:  # wrap an existing arnorm.Communicator
             self.comm = comm
+            self.rank, self.world_size = comm.rank, comm.size
             return
         config.setdefault("backend", Backend.Cuda if device.type == "cuda" else Backend.Cpu)
         uid = None
