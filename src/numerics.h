@@ -41,13 +41,12 @@ ARNORM_HD int arnormRowSlots(size_t hidden) {
 #if !defined(__CUDACC__)
 #include <math.h>
 
-/* One 32-lane xor butterfly; every lane ends with the same value, lane 0's is returned. */
+/* One 32-lane xor butterfly, the value every lane ends with. After the step with offset o,
+ * lanes l and l ^ o hold the same sum (fp32 addition is commutative), so lane 0's value is
+ * the fold by halves: v[l] += v[l + o] for l < o. Overwrites v. */
 static inline float arnormButterfly32(float v[32]) {
-    for (int o = 16; o >= 1; o >>= 1) {
-        float t[32];
-        for (int l = 0; l < 32; l++) t[l] = v[l] + v[l ^ o];
-        for (int l = 0; l < 32; l++) v[l] = t[l];
-    }
+    for (int o = 16; o >= 1; o >>= 1)
+        for (int l = 0; l < o; l++) v[l] = v[l] + v[l + o];
     return v[0];
 }
 

@@ -160,9 +160,10 @@ static arnormResult_t barrier(struct arnormComm *comm, const char *what) {
 
 /* ------------------------------------------------------------------ Lamport one-shot */
 
+/* Plain (vectorized) stores: every fill is published by a release fence or a barrier
+ * before any peer may write the words again. */
 static void fillWords(uint64_t *dst, size_t words, uint64_t pattern) {
-    for (size_t i = 0; i < words; i++)
-        __atomic_store_n(dst + i, pattern, __ATOMIC_RELAXED);
+    for (size_t i = 0; i < words; i++) dst[i] = pattern;
 }
 
 /* Re-clears the whole Lamport region when the sentinel width changes (bf16/fp16 <-> fp32).
@@ -177,35 +178,20 @@ static arnormResult_t switchClass(struct arnormComm *comm, int cls) {
     return barrier(comm, "the sentinel switch");
 }
 
-/* Packs n elements (-0.0 sent as +0.0, tail padded with +0.0) into 64-bit words and stores
- * them into `dst` with single-copy-atomic stores: each store is data and flag at once. */
+/* Copies n elements (-0.0 sent as +0.0) into `dst`, the tail of the last 8-byte word padded
+ * with +0.0. Each element is data and flag at once: a reader takes it once it is not the
+ * sentinel; aligned 2- and 4-byte stores are never torn. */
 static void pushWords(uint64_t *dst, const void *src, size_t n, int cls) {
-    if (cls == CLASS16) {
-        const uint16_t *s = (const uint16_t *)src;
-        size_t i = 0;
-        for (; i + 4 <= n; i += 4) {
-            uint64_t w = 0;
-            for (int j = 0; j < 4; j++) {
-                uint16_t v = s[i + j];
-                w |= (uint64_t)(v == 0x8000u ? 0 : v) << (16 * j);
-            }
-            __atomic_store_n(dst + i / 4, w, __ATOMIC_RELAXED);
-        }
-        if (i < n) {
-            uint64_t w = 0;
-            for (int j = 0; i + j < n; j++) {
-                uint16_t v = s[i + j];
-                w |= (uint64_t)(v == 0x8000u ? 0 : v) << (16 * j);
-            }
-            __atomic_store_n(dst + i / 4, w, __ATOMIC_RELAXED);
-        }
-    } else {
-        const uint32_t *s = (const uint32_t *)src;
-        for (size_t i = 0; i < n; i += 2) {
-            uint32_t lo = s[i] == 0x80000000u ? 0 : s[i];
-            uint32_t hi = i + 1 < n ? (s[i + 1] == 0x80000000u ? 0 : s[i + 1]) : 0;
-            __atomic_store_n(dst + i / 2, (uint64_t)lo | ((uint64_t)hi << 32), __ATOMIC_RELAXED);
-        }
+    const int width = cls == CLASS16 ? 2 : 4;
+    const size_t perWord = 8 / (size_t)width, full = n / perWord * perWord;
+    arnormCpuCopyNoNegZero(dst, src, full, width);
+    if (full < n) { /* bytes through char buffers: no type punning of the word */
+        _Alignas(8) unsigned char tail[8] = {0}, clean[8];
+        memcpy(tail, (const char *)src + full * (size_t)width, (n - full) * (size_t)width);
+        arnormCpuCopyNoNegZero(clean, tail, perWord, width);
+        uint64_t w;
+        memcpy(&w, clean, 8);
+        __atomic_store_n(dst + full / perWord, w, __ATOMIC_RELAXED);
     }
 }
 
@@ -217,36 +203,23 @@ static inline int hasSentinel(uint64_t w, int cls) {
     return (uint32_t)w == 0x80000000u || (uint32_t)(w >> 32) == 0x80000000u;
 }
 
-/* Waits for every sender's n elements in slot `slot` of this rank's area and sums them in
- * rank order into c->sums. */
+/* Waits for every sender's n elements in slot `slot` of this rank's area, then adds them
+ * in rank order into c->sums. The wait reads words atomically; once none holds a sentinel
+ * the data is final until this rank clears it, and is read in bulk. */
 static arnormResult_t gather(struct arnormComm *comm, int slot, size_t n, int dtype) {
     cpuComm *c = impl(comm);
     const int cls = dtype == arnormFloat32 ? CLASS32 : CLASS16;
     const size_t perWord = cls == CLASS16 ? 4 : 2;
     const size_t words = (n + perWord - 1) / perWord;
-    float *sums = c->sums;
     for (int q = 0; q < c->N; q++) {
         const uint64_t *src = lamportSlot(c, c->rank, slot, q);
         waitState ws = {0};
-        for (size_t k = 0; k < words; k++) {
-            uint64_t w;
-            while (hasSentinel(w = __atomic_load_n(src + k, __ATOMIC_RELAXED), cls))
+        for (size_t k = words; k-- > 0;) /* last word first: it usually lands last */
+            while (hasSentinel(__atomic_load_n(src + k, __ATOMIC_RELAXED), cls))
                 ARNORM_TRY(waitTick(comm, &ws, q, "its partial"));
-            size_t base = k * perWord;
-            size_t m = n - base < perWord ? n - base : perWord;
-            for (size_t j = 0; j < m; j++) {
-                float v;
-                if (cls == CLASS32)
-                    v = arnormBitsFloat((uint32_t)(w >> (32 * j)));
-                else if (dtype == arnormBfloat16)
-                    v = arnormBf16ToFloat((uint16_t)(w >> (16 * j)));
-                else
-                    v = arnormHalfToFloat((uint16_t)(w >> (16 * j)));
-                sums[base + j] = q == 0 ? v : sums[base + j] + v;
-            }
-        }
+        atomic_thread_fence(memory_order_acquire);
+        arnormCpuAccumulate(src, n, dtype, c->sums, q == 0);
     }
-    atomic_thread_fence(memory_order_acquire);
     return arnormSuccess;
 }
 
@@ -262,14 +235,17 @@ static arnormResult_t lamportExchange(struct arnormComm *comm, const void *src, 
         int p = (c->rank + 1 + i) % c->N;
         pushWords(lamportSlot(c, p, slot, c->rank), src, n, cls);
     }
-    ARNORM_TRY(gather(comm, slot, n, dtype));
-    if (c->prevBytes) { /* the previous call's slot: every sender's data there was read */
+    /* While peers' data is in flight: clear the slot the previous call read. Every sender's
+     * data there was consumed; a peer writes it again only at call k + 2, after our push of
+     * call k + 1, which the release fence below orders after this clear. */
+    if (c->prevBytes) {
         int prev = (int)((c->calls + 2) % 3);
         for (int q = 0; q < c->N; q++)
             fillWords(lamportSlot(c, c->rank, prev, q), c->prevBytes / 8,
                       c->prevClass == CLASS16 ? SENTINEL16 : SENTINEL32);
     }
-    atomic_thread_fence(memory_order_release); /* clears before our next call's writes */
+    atomic_thread_fence(memory_order_release);
+    ARNORM_TRY(gather(comm, slot, n, dtype));
     c->prevBytes = bytes;
     c->prevClass = cls;
     c->calls++;
@@ -287,16 +263,8 @@ static arnormResult_t stagedAllReduce(struct arnormComm *comm, const void *send,
         size_t n = count - first < chunk ? count - first : chunk;
         memcpy(stage(c, c->rank), (const char *)send + first * es, n * es);
         ARNORM_TRY(barrier(comm, "the all-reduce stage"));
-        for (int q = 0; q < c->N; q++) {
-            const char *s = stage(c, q);
-            for (size_t i = 0; i < n; i++) {
-                float v = arnormLoad(s, i, (arnormDataType_t)dtype);
-                if (v == 0.0f) v = 0.0f; /* -0.0 counts as +0.0, as on the fused path */
-                c->sums[i] = q == 0 ? v : c->sums[i] + v;
-            }
-        }
-        for (size_t i = 0; i < n; i++)
-            arnormStore(recv, first + i, (arnormDataType_t)dtype, c->sums[i]);
+        for (int q = 0; q < c->N; q++) arnormCpuAccumulate(stage(c, q), n, dtype, c->sums, q == 0);
+        arnormCpuStoreRounded(recv, first, n, dtype, c->sums);
         ARNORM_TRY(barrier(comm, "the all-reduce stage release"));
     }
     return arnormSuccess;
@@ -308,8 +276,11 @@ static arnormResult_t cpuNorm(struct arnormComm *comm, const arnormNormArgs *a,
                               arnormStream_t stream) {
     (void)stream;
     cpuComm *c = impl(comm);
+    arnormCpuPrepareWeight(a, &c->rows);
     for (size_t r = 0; r < a->tokens; r++) {
-        arnormCpuLoadFloats(a->input, r * a->hidden, a->hidden, a->dtype, c->sums);
+        arnormCpuAccumulate((const char *)a->input + r * a->hidden *
+                                arnormDtypeSize((arnormDataType_t)a->dtype),
+                            a->hidden, a->dtype, c->sums, 1);
         arnormCpuFinishRows(c->sums, a, r, 1, &c->rows);
     }
     return arnormSuccess;
@@ -324,14 +295,14 @@ static arnormResult_t cpuAllReduce(struct arnormComm *comm, const void *send, vo
     if (c->N == 1) {
         for (size_t first = 0; first < count; first += c->W / es) {
             size_t n = count - first < c->W / es ? count - first : c->W / es;
-            arnormCpuLoadFloats(send, first, n, dtype, c->sums);
-            for (size_t i = 0; i < n; i++) arnormStore(recv, first + i, dtype, c->sums[i]);
+            arnormCpuAccumulate((const char *)send + first * es, n, dtype, c->sums, 1);
+            arnormCpuStoreRounded(recv, first, n, dtype, c->sums);
         }
         return arnormSuccess;
     }
     if (count * es <= c->W) {
         ARNORM_TRY(lamportExchange(comm, send, count, dtype));
-        for (size_t i = 0; i < count; i++) arnormStore(recv, i, dtype, c->sums[i]);
+        arnormCpuStoreRounded(recv, 0, count, dtype, c->sums);
         return arnormSuccess;
     }
     return stagedAllReduce(comm, send, recv, count, dtype);
@@ -353,6 +324,7 @@ static arnormResult_t cpuFused(struct arnormComm *comm, const arnormNormArgs *a,
     if (rowsPerChunk == 0)
         return arnormError(comm, arnormInternalError, "row of %zu bytes exceeds the %zu-byte "
                            "workspace slot", a->hidden * es, c->W);
+    arnormCpuPrepareWeight(a, &c->rows);
     for (size_t r0 = 0; r0 < a->tokens; r0 += rowsPerChunk) {
         size_t nr = a->tokens - r0 < rowsPerChunk ? a->tokens - r0 : rowsPerChunk;
         ARNORM_TRY(lamportExchange(comm, (const char *)a->input + r0 * a->hidden * es,
@@ -372,6 +344,7 @@ static void cpuFree(cpuComm *c) {
     arnormShmUnmap(&c->shm);
     free(c->sums);
     free(c->rows.h);
+    free(c->rows.w);
     free(c->rows.slots);
     free(c);
 }
@@ -458,11 +431,12 @@ arnormResult_t arnormCpuInit(struct arnormComm *comm, const arnormIdPayload *id)
     c->sums = malloc(c->W / 2 * sizeof(float) > ARNORM_MAX_HIDDEN * sizeof(float)
                          ? c->W / 2 * sizeof(float) : ARNORM_MAX_HIDDEN * sizeof(float));
     c->rows.h = malloc(ARNORM_MAX_HIDDEN * sizeof(float));
+    c->rows.w = malloc(ARNORM_MAX_HIDDEN * sizeof(float));
     c->rows.slots = malloc(ARNORM_ROW_MAX_SLOTS * sizeof(float));
     arnormResult_t r = arnormSuccess;
     const char *inject = getenv("ARNORM_INJECT_INIT_FAILURE"); /* tests: "rank" that fails */
     int injected = inject && atoi(inject) == c->rank;
-    if (!c->sums || !c->rows.h || !c->rows.slots)
+    if (!c->sums || !c->rows.h || !c->rows.w || !c->rows.slots)
         r = arnormError(comm, arnormOutOfMemory, "allocating CPU scratch buffers");
 
     if (c->rank == 0) {

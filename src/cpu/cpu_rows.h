@@ -4,11 +4,15 @@
 
 #include "arnorm_internal.h"
 
-/* Scratch for one row: hidden floats for h, ARNORM_ROW_MAX_SLOTS for the tree. */
+/* Scratch of a call: h and the scale (weightBias + w) of one row, and the tree's slots. */
 typedef struct {
-    float *h;
-    float *slots;
+    float *h;     /* hidden floats */
+    float *w;     /* hidden floats, filled by arnormCpuPrepareWeight */
+    float *slots; /* ARNORM_ROW_MAX_SLOTS floats */
 } arnormRowScratch;
+
+/* Computes weightBias + weight once per call, before arnormCpuFinishRows. */
+void arnormCpuPrepareWeight(const arnormNormArgs *args, arnormRowScratch *scratch);
 
 /*
  * Finishes rows [row0, row0 + nrows) of a call: `sums` holds the fp32 sums a (not yet
@@ -19,7 +23,13 @@ typedef struct {
 void arnormCpuFinishRows(const float *sums, const arnormNormArgs *args, size_t row0,
                          size_t nrows, arnormRowScratch *scratch);
 
-/* Loads elements [first, first + n) of a buffer of type t as float, -0.0 mapped to +0.0. */
-void arnormCpuLoadFloats(const void *src, size_t first, size_t n, int dtype, float *dst);
+/* sums[i] = (first ? 0 : sums[i]) + float(src[i]), -0.0 taken as +0.0. */
+void arnormCpuAccumulate(const void *src, size_t n, int dtype, float *sums, int first);
+/* dst[first + i] = src[i] rounded to dtype. */
+void arnormCpuStoreRounded(void *dst, size_t first, size_t n, int dtype, const float *src);
+/* Copies n elements of `width` bytes, -0.0 sent as +0.0 (the Lamport writers' rule). */
+void arnormCpuCopyNoNegZero(void *dst, const void *src, size_t n, int width);
+/* The CPU's (vectorized) sum of squares of a row; equals numerics.h's, bit for bit. */
+float arnormCpuRowSumSquares(const float *h, size_t hidden, float *slots);
 
 #endif

@@ -248,7 +248,8 @@ size_t tuCheck(const tuProblem *p, const void *residualOut, const void *normOut,
 
 typedef struct {
     pthread_barrier_t barrier;
-    char pad[64];
+    arnormUniqueId id; /* made by rank 0 after the fork: CUDA must not start before it */
+    int idStatus;
 } launchHeader;
 
 static launchHeader *launchArea;
@@ -270,17 +271,20 @@ int tuLaunch(int nranks, tuRankFn fn, void *arg, size_t sharedBytes, int timeout
     pthread_barrierattr_init(&ba);
     pthread_barrierattr_setpshared(&ba, PTHREAD_PROCESS_SHARED);
     pthread_barrier_init(&launchArea->barrier, &ba, (unsigned)nranks);
-    arnormUniqueId id;
-    if (arnormGetUniqueId(&id) != arnormSuccess) {
-        fprintf(stderr, "arnormGetUniqueId: %s\n", arnormGetLastError(NULL));
-        return 1;
-    }
     fflush(stdout);
     fflush(stderr);
     pid_t *pids = calloc((size_t)nranks, sizeof(pid_t));
     for (int r = 0; r < nranks; r++) {
         pids[r] = fork();
         if (pids[r] == 0) {
+            if (r == 0) {
+                launchArea->idStatus = arnormGetUniqueId(&launchArea->id);
+                if (launchArea->idStatus != arnormSuccess)
+                    fprintf(stderr, "arnormGetUniqueId: %s\n", arnormGetLastError(NULL));
+            }
+            tuBarrier();
+            if (launchArea->idStatus != arnormSuccess) _exit(1);
+            arnormUniqueId id = launchArea->id;
             int rc = fn(r, nranks, id, tuShared(), arg);
             fflush(stdout);
             fflush(stderr);
