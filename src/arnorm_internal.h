@@ -69,6 +69,7 @@ struct arnormComm {
     size_t workspaceBytes;      /* memory this rank holds for the fused path */
     volatile int asyncError;    /* arnormResult_t; sticky once set */
     char lastError[512];
+    char failMessage[512];      /* what put the comm into its error state */
 };
 
 /* ---- errors and logging (error.c) ---- */

@@ -32,7 +32,10 @@ arnormResult_t arnormFail(struct arnormComm *comm, arnormResult_t r, const char 
     formatInto(dst, n, fmt, ap);
     va_end(ap);
     if (comm) {
-        if (comm->asyncError == arnormSuccess) comm->asyncError = r;
+        if (comm->asyncError == arnormSuccess) {
+            comm->asyncError = r;
+            memcpy(comm->failMessage, comm->lastError, sizeof comm->failMessage);
+        }
         memcpy(threadLastError, comm->lastError, sizeof threadLastError);
     }
     arnormLog(ARNORM_LOG_WARN, "%s: %s", arnormGetErrorString(r), dst);

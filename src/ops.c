@@ -14,8 +14,8 @@ static arnormResult_t checkUsable(arnormComm_t comm) {
     ARNORM_TRY(arnormCheckComm(comm));
     if (comm->asyncError != arnormSuccess)
         return arnormError(comm, (arnormResult_t)comm->asyncError,
-                           "communicator is in error state (%s); destroy or abort it",
-                           arnormGetErrorString((arnormResult_t)comm->asyncError));
+                           "communicator is in error state, abort it; cause: %.400s",
+                           comm->failMessage);
     return arnormSuccess;
 }
 

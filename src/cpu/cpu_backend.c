@@ -14,6 +14,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <sched.h>
+#include <sys/statvfs.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -413,34 +414,44 @@ static arnormResult_t waitInit(struct arnormComm *comm) {
     return arnormSuccess;
 }
 
+/* The segment must fit in /dev/shm: refuse clearly before creating anything (every rank
+ * sees the same file system, so every rank refuses at once). */
+static arnormResult_t checkShmSpace(struct arnormComm *comm, size_t total) {
+    struct statvfs st;
+    if (statvfs("/dev/shm", &st) != 0) return arnormSuccess; /* fallocate will tell */
+    unsigned long long avail = (unsigned long long)st.f_bavail * st.f_frsize;
+    if (total > avail)
+        return arnormError(comm, arnormOutOfMemory,
+                           "shared memory: the segment needs %zu bytes, /dev/shm has %llu free "
+                           "(lower ARNORM_WORKSPACE_BYTES / config.workspaceBytes, now %lld, or "
+                           "enlarge /dev/shm)", total, avail, comm->settings.workspaceBytes);
+    return arnormSuccess;
+}
+
 arnormResult_t arnormCpuInit(struct arnormComm *comm, const arnormIdPayload *id) {
     if (comm->nranks > CPU_MAX_RANKS)
         return arnormError(comm, arnormNotSupported, "nranks: %d exceeds the CPU backend's "
                            "maximum of %d", comm->nranks, CPU_MAX_RANKS);
     arnormSettingsFinish(&comm->settings, arnormBackendCpu, comm->nranks, 0);
+    const size_t W = ((size_t)comm->settings.workspaceBytes + 63) / 64 * 64;
+    const size_t hdrBytes = (sizeof(segHeader) + 4095) / 4096 * 4096;
+    const size_t areaBytes = (size_t)(3 * comm->nranks + 1) * W;
+    const size_t total = hdrBytes + (size_t)comm->nranks * areaBytes;
+    ARNORM_TRY(checkShmSpace(comm, total));
     cpuComm *c = calloc(1, sizeof *c);
     if (!c) return arnormError(comm, arnormOutOfMemory, "allocating the CPU communicator");
     comm->impl = c;
     c->N = comm->nranks;
     c->rank = comm->rank;
-    c->W = ((size_t)comm->settings.workspaceBytes + 63) / 64 * 64;
-    c->areaBytes = (size_t)(3 * c->N + 1) * c->W;
+    c->W = W;
+    c->areaBytes = areaBytes;
     snprintf(c->name, sizeof c->name, "%s", id->shmName);
-    const size_t hdrBytes = (sizeof(segHeader) + 4095) / 4096 * 4096;
-    const size_t total = hdrBytes + (size_t)c->N * c->areaBytes;
-    c->sums = malloc(c->W / 2 * sizeof(float) > ARNORM_MAX_HIDDEN * sizeof(float)
-                         ? c->W / 2 * sizeof(float) : ARNORM_MAX_HIDDEN * sizeof(float));
-    c->rows.h = malloc(ARNORM_MAX_HIDDEN * sizeof(float));
-    c->rows.w = malloc(ARNORM_MAX_HIDDEN * sizeof(float));
-    c->rows.slots = malloc(ARNORM_ROW_MAX_SLOTS * sizeof(float));
     arnormResult_t r = arnormSuccess;
     const char *inject = getenv("ARNORM_INJECT_INIT_FAILURE"); /* tests: "rank" that fails */
-    int injected = inject && atoi(inject) == c->rank;
-    if (!c->sums || !c->rows.h || !c->rows.w || !c->rows.slots)
-        r = arnormError(comm, arnormOutOfMemory, "allocating CPU scratch buffers");
+    const int injected = inject && atoi(inject) == c->rank;
 
     if (c->rank == 0) {
-        if (r == arnormSuccess) r = arnormShmCreate(comm, c->name, total, &c->shm);
+        r = arnormShmCreate(comm, c->name, total, &c->shm);
         if (r != arnormSuccess) goto fail; /* peers time out waiting for the segment */
         c->hdr = (segHeader *)c->shm.base;
         c->hdr->nranks = (uint32_t)c->N;
@@ -448,8 +459,7 @@ arnormResult_t arnormCpuInit(struct arnormComm *comm, const arnormIdPayload *id)
         atomic_store(&c->hdr->failedRank, -1);
         atomic_store(&c->hdr->magic, SEG_MAGIC);
     } else {
-        if (r == arnormSuccess)
-            r = arnormShmOpen(comm, c->name, total, comm->settings.timeoutMs, &c->shm);
+        r = arnormShmOpen(comm, c->name, total, comm->settings.timeoutMs, &c->shm);
         if (r != arnormSuccess) goto fail;
         c->hdr = (segHeader *)c->shm.base;
         waitState w = {0};
@@ -459,31 +469,56 @@ arnormResult_t arnormCpuInit(struct arnormComm *comm, const arnormIdPayload *id)
             r = arnormError(comm, arnormInvalidUsage, "rank %d: nranks %d / workspace %zu "
                             "differ from rank 0's %u / %llu", c->rank, c->N, c->W,
                             c->hdr->nranks, (unsigned long long)c->hdr->slotBytes);
-            goto fail_marked;
+            goto fail_attached;
         }
     }
     c->areas = (char *)c->shm.base + hdrBytes;
     atomic_store(&c->hdr->pid[c->rank], (int32_t)getpid());
     if (atomic_fetch_add(&c->hdr->attached, 1) + 1 == (uint32_t)c->N)
         arnormShmUnlink(c->name); /* the last to attach: nothing stays in /dev/shm */
+    c->sums = malloc((c->W / 2 > ARNORM_MAX_HIDDEN ? c->W / 2 : ARNORM_MAX_HIDDEN) * sizeof(float));
+    c->rows.h = malloc(ARNORM_MAX_HIDDEN * sizeof(float));
+    c->rows.w = malloc(ARNORM_MAX_HIDDEN * sizeof(float));
+    c->rows.slots = malloc(ARNORM_ROW_MAX_SLOTS * sizeof(float));
+    if (!c->sums || !c->rows.h || !c->rows.w || !c->rows.slots) {
+        r = arnormError(comm, arnormOutOfMemory, "allocating CPU scratch buffers");
+        goto fail_attached;
+    }
     if (injected) {
         r = arnormError(comm, arnormOutOfMemory, "injected allocation failure on rank %d "
                         "(ARNORM_INJECT_INIT_FAILURE)", c->rank);
-        goto fail_marked;
+        goto fail_attached;
     }
     fillWords(lamportSlot(c, c->rank, 0, 0), (size_t)3 * c->N * c->W / 8, SENTINEL16);
     c->regionClass = CLASS16;
     atomic_store(&c->hdr->initState[c->rank], 1);
-    if ((r = waitInit(comm)) != arnormSuccess) goto fail;
+    if ((r = waitInit(comm)) != arnormSuccess) goto fail_attached;
     comm->ops = &arnormCpuOps;
     comm->groupReason = arnormReasonNone;
     comm->workspaceBytes = c->areaBytes;
     return arnormSuccess;
 
-fail_marked:
-    atomic_store(&c->hdr->initState[c->rank], 2);
+fail_attached:
+    /* Tell the group (ranks waiting, and ranks still attaching, fail at once), then leave
+     * the unlink to the last rank to attach; rank 0 unlinks if some rank never comes. */
+    if (atomic_load(&c->hdr->initState[c->rank]) != 1)
+        atomic_store(&c->hdr->initState[c->rank], 2);
+    markFailed(c, r);
+    if (c->rank == 0) {
+        struct timespec t0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        while (atomic_load(&c->hdr->attached) < (uint32_t)c->N &&
+               elapsedMs(&t0) < comm->settings.timeoutMs) {
+            struct timespec d = {0, 1000000};
+            nanosleep(&d, NULL);
+        }
+        arnormShmUnlink(c->name);
+    }
+    cpuFree(c);
+    comm->impl = NULL;
+    return r;
 fail:
-    arnormShmUnlink(c->name); /* harmless when already unlinked or never created */
+    if (c->rank == 0) arnormShmUnlink(c->name); /* harmless when never created */
     cpuFree(c);
     comm->impl = NULL;
     return r;
