@@ -67,6 +67,16 @@ static arnormResult_t checkNormArgs(arnormComm_t comm, const arnormNormArgs *a,
         return arnormError(comm, arnormInvalidArgument, "weightBias: %g is not finite",
                            (double)a->weightBias);
     const size_t n = a->tokens * a->hidden * es;
+    const size_t ws = arnormDtypeSize((arnormDataType_t)a->weightType);
+    const struct { const void *p; const char *name; size_t align; } ptrs[] = {
+        {a->input, inputName, es}, {a->residual, "residual", es},
+        {a->residualOut, "residualOut", es}, {a->normOut, "normOut", es},
+        {a->weight, "weight", ws}};
+    for (int i = 0; i < 5; i++)
+        if ((uintptr_t)ptrs[i].p % ptrs[i].align)
+            return arnormError(comm, arnormInvalidArgument,
+                               "%s: %p is not aligned to its %zu-byte elements", ptrs[i].name,
+                               ptrs[i].p, ptrs[i].align);
     if (a->residualOut && a->residualOut == a->normOut)
         return arnormError(comm, arnormInvalidArgument, "residualOut and normOut alias");
     if (a->normOut == a->residual || a->normOut == a->weight)
@@ -129,6 +139,10 @@ arnormResult_t arnormAllReduce(const void *sendbuff, void *recvbuff, size_t coun
     const size_t es = arnormDtypeSize(dtype);
     if (count > ((size_t)1 << 46) / es)
         return arnormError(comm, arnormInvalidArgument, "count: %zu elements overflows", count);
+    if ((uintptr_t)sendbuff % es || (uintptr_t)recvbuff % es)
+        return arnormError(comm, arnormInvalidArgument,
+                           "%s: not aligned to its %zu-byte elements",
+                           (uintptr_t)sendbuff % es ? "sendbuff" : "recvbuff", es);
     if (partialOverlap(sendbuff, count * es, recvbuff, count * es))
         return arnormError(comm, arnormInvalidArgument,
                            "sendbuff and recvbuff partially overlap (in place needs equal "
