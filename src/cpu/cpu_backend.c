@@ -179,10 +179,10 @@ static arnormResult_t switchClass(struct arnormComm *comm, int cls) {
     return barrier(comm, "the sentinel switch");
 }
 
-/* Copies n elements (-0.0 sent as +0.0) into `dst`, the tail of the last 8-byte word padded
- * with +0.0. Each element is data and flag at once: a reader takes it once it is not the
- * sentinel; aligned 2- and 4-byte stores are never torn. */
-static void pushWords(uint64_t *dst, const void *src, size_t n, int cls) {
+/* Copies n elements (-0.0 sent as +0.0) into `dst` and pads with +0.0 up to `padded` bytes.
+ * Each element is data and flag at once: a reader takes it once it is not the sentinel;
+ * aligned 2- and 4-byte stores are never torn. */
+static void pushWords(uint64_t *dst, const void *src, size_t n, int cls, size_t padded) {
     const int width = cls == CLASS16 ? 2 : 4;
     const size_t perWord = 8 / (size_t)width, full = n / perWord * perWord;
     arnormCpuCopyNoNegZero(dst, src, full, width);
@@ -194,59 +194,75 @@ static void pushWords(uint64_t *dst, const void *src, size_t n, int cls) {
         memcpy(&w, clean, 8);
         __atomic_store_n(dst + full / perWord, w, __ATOMIC_RELAXED);
     }
+    for (size_t k = (n + perWord - 1) / perWord; k < padded / 8; k++)
+        __atomic_store_n(dst + k, 0, __ATOMIC_RELAXED);
 }
 
-static inline int hasSentinel(uint64_t w, int cls) {
-    if (cls == CLASS16) {
-        uint64_t x = w ^ SENTINEL16; /* a zero halfword marks a sentinel lane */
-        return ((x - 0x0001000100010001ull) & ~x & 0x8000800080008000ull) != 0;
-    }
-    return (uint32_t)w == 0x80000000u || (uint32_t)(w >> 32) == 0x80000000u;
+/* 1 when none of the 64 bytes at p (8 words) holds a sentinel element. Plain loads, so the
+ * check vectorizes; the compiler barrier in the wait loop forces fresh loads, and aligned
+ * 2- and 4-byte elements cannot tear. */
+static inline int blockReady(const uint64_t *p, int cls) {
+    uint64_t any = 0;
+    if (cls == CLASS16)
+        for (int j = 0; j < 8; j++) {
+            uint64_t x = p[j] ^ SENTINEL16; /* a zero halfword marks a sentinel lane */
+            any |= (x - 0x0001000100010001ull) & ~x & 0x8000800080008000ull;
+        }
+    else
+        for (int j = 0; j < 8; j++) {
+            uint64_t x = p[j] ^ SENTINEL32; /* a zero 32-bit lane marks a sentinel */
+            any |= (x - 0x0000000100000001ull) & ~x & 0x8000000080000000ull;
+        }
+    return any == 0;
 }
 
-/* Waits for every sender's n elements in slot `slot` of this rank's area, then adds them
- * in rank order into c->sums. The wait reads words atomically; once none holds a sentinel
- * the data is final until this rank clears it, and is read in bulk. */
-static arnormResult_t gather(struct arnormComm *comm, int slot, size_t n, int dtype) {
-    cpuComm *c = impl(comm);
-    const int cls = dtype == arnormFloat32 ? CLASS32 : CLASS16;
-    const size_t perWord = cls == CLASS16 ? 4 : 2;
-    const size_t words = (n + perWord - 1) / perWord;
-    for (int q = 0; q < c->N; q++) {
-        const uint64_t *src = lamportSlot(c, c->rank, slot, q);
-        waitState ws = {0};
-        for (size_t k = words; k-- > 0;) /* last word first: it usually lands last */
-            while (hasSentinel(__atomic_load_n(src + k, __ATOMIC_RELAXED), cls))
-                ARNORM_TRY(waitTick(comm, &ws, q, "its partial"));
-        atomic_thread_fence(memory_order_acquire);
-        arnormCpuAccumulate(src, n, dtype, c->sums, q == 0);
+/* Waits until `words` words at p (a sender's data, padded to 64 bytes with +0.0 by the
+ * writer's stride) hold no sentinel. */
+static arnormResult_t waitWords(struct arnormComm *comm, const uint64_t *p, size_t words,
+                                int cls, int peer) {
+    waitState ws = {0};
+    for (size_t k = 0; k < words; k += 8) {
+        while (!blockReady(p + k, cls)) {
+            ARNORM_TRY(waitTick(comm, &ws, peer, "its partial"));
+            __asm__ __volatile__("" ::: "memory");
+        }
     }
+    atomic_thread_fence(memory_order_acquire);
     return arnormSuccess;
 }
 
-/* One Lamport exchange of n elements of `src`: afterwards c->sums holds the fp32 sums. */
+/* One Lamport exchange of n elements of `src` (call k): push them into slot k % 3 of every
+ * peer's area, clear the slot the previous call read, wait until every peer's data is in
+ * this rank's slot. Own data is never copied: readers take it from `src`. Returns the slot's
+ * sender pointers in rank order (own = src). */
 static arnormResult_t lamportExchange(struct arnormComm *comm, const void *src, size_t n,
-                                      int dtype) {
+                                      int dtype, const void **senders) {
     cpuComm *c = impl(comm);
     const int cls = dtype == arnormFloat32 ? CLASS32 : CLASS16;
     if (cls != c->regionClass) ARNORM_TRY(switchClass(comm, cls));
     const int slot = (int)(c->calls % 3);
-    const size_t bytes = (n * arnormDtypeSize((arnormDataType_t)dtype) + 7) / 8 * 8;
-    for (int i = 0; i < c->N; i++) { /* start with the next rank: spreads the traffic */
-        int p = (c->rank + 1 + i) % c->N;
-        pushWords(lamportSlot(c, p, slot, c->rank), src, n, cls);
+    /* padded to whole 64-byte blocks: the readiness check reads 8 words at a time */
+    const size_t bytes = (n * arnormDtypeSize((arnormDataType_t)dtype) + 63) / 64 * 64;
+    for (int i = 1; i < c->N; i++) { /* start with the next rank: spreads the traffic */
+        int p = (c->rank + i) % c->N;
+        pushWords(lamportSlot(c, p, slot, c->rank), src, n, cls, bytes);
     }
-    /* While peers' data is in flight: clear the slot the previous call read. Every sender's
+    /* While peers' data is in flight: clear the slot the previous call read. Every peer's
      * data there was consumed; a peer writes it again only at call k + 2, after our push of
      * call k + 1, which the release fence below orders after this clear. */
     if (c->prevBytes) {
         int prev = (int)((c->calls + 2) % 3);
         for (int q = 0; q < c->N; q++)
-            fillWords(lamportSlot(c, c->rank, prev, q), c->prevBytes / 8,
-                      c->prevClass == CLASS16 ? SENTINEL16 : SENTINEL32);
+            if (q != c->rank)
+                fillWords(lamportSlot(c, c->rank, prev, q), c->prevBytes / 8,
+                          c->prevClass == CLASS16 ? SENTINEL16 : SENTINEL32);
     }
     atomic_thread_fence(memory_order_release);
-    ARNORM_TRY(gather(comm, slot, n, dtype));
+    for (int q = 0; q < c->N; q++) {
+        senders[q] = q == c->rank ? src : (const void *)lamportSlot(c, c->rank, slot, q);
+        if (q != c->rank)
+            ARNORM_TRY(waitWords(comm, senders[q], bytes / 8, cls, q));
+    }
     c->prevBytes = bytes;
     c->prevClass = cls;
     c->calls++;
@@ -278,12 +294,8 @@ static arnormResult_t cpuNorm(struct arnormComm *comm, const arnormNormArgs *a,
     (void)stream;
     cpuComm *c = impl(comm);
     arnormCpuPrepareWeight(a, &c->rows);
-    for (size_t r = 0; r < a->tokens; r++) {
-        arnormCpuAccumulate((const char *)a->input + r * a->hidden *
-                                arnormDtypeSize((arnormDataType_t)a->dtype),
-                            a->hidden, a->dtype, c->sums, 1);
-        arnormCpuFinishRows(c->sums, a, r, 1, &c->rows);
-    }
+    const void *input[1] = {a->input};
+    arnormCpuFinishRows(input, 1, a, 0, a->tokens, &c->rows);
     return arnormSuccess;
 }
 
@@ -302,7 +314,9 @@ static arnormResult_t cpuAllReduce(struct arnormComm *comm, const void *send, vo
         return arnormSuccess;
     }
     if (count * es <= c->W) {
-        ARNORM_TRY(lamportExchange(comm, send, count, dtype));
+        const void *senders[CPU_MAX_RANKS];
+        ARNORM_TRY(lamportExchange(comm, send, count, dtype, senders));
+        for (int q = 0; q < c->N; q++) arnormCpuAccumulate(senders[q], count, dtype, c->sums, q == 0);
         arnormCpuStoreRounded(recv, 0, count, dtype, c->sums);
         return arnormSuccess;
     }
@@ -326,11 +340,15 @@ static arnormResult_t cpuFused(struct arnormComm *comm, const arnormNormArgs *a,
         return arnormError(comm, arnormInternalError, "row of %zu bytes exceeds the %zu-byte "
                            "workspace slot", a->hidden * es, c->W);
     arnormCpuPrepareWeight(a, &c->rows);
+    const size_t rowBytes = a->hidden * es;
     for (size_t r0 = 0; r0 < a->tokens; r0 += rowsPerChunk) {
         size_t nr = a->tokens - r0 < rowsPerChunk ? a->tokens - r0 : rowsPerChunk;
-        ARNORM_TRY(lamportExchange(comm, (const char *)a->input + r0 * a->hidden * es,
-                                   nr * a->hidden, a->dtype));
-        arnormCpuFinishRows(c->sums, a, r0, nr, &c->rows);
+        const void *senders[CPU_MAX_RANKS];
+        ARNORM_TRY(lamportExchange(comm, (const char *)a->input + r0 * rowBytes,
+                                   nr * a->hidden, a->dtype, senders));
+        /* the fused step: each row summed in rank order straight from the slots, then
+           added to the residual and normalized, while it is in cache */
+        arnormCpuFinishRows(senders, c->N, a, r0, nr, &c->rows);
     }
     return arnormSuccess;
 }

@@ -49,6 +49,11 @@ static inline uint32_t bf16Bits(uint32_t u) {
 typedef float v8f __attribute__((vector_size(32)));
 typedef int v8i __attribute__((vector_size(32)));
 typedef float v8fu __attribute__((vector_size(32), aligned(4), may_alias)); /* unaligned */
+#if defined(__clang__)
+#define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
+#endif
 
 /* 8 chunks (one per slot, 8 elements each) -> their squares, transposed: c[e][j] is element
  * e of slot j's chunk, squared. Three rounds of shuffles, the classic 8x8 transpose. */
@@ -58,22 +63,25 @@ static inline __attribute__((always_inline)) void squaresTransposed(const float 
         r[j] = *(const v8fu *)(x + 8 * j);
         r[j] = r[j] * r[j];
     }
-    const v8i lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
-    const v8i lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
-    const v8i lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+#define LO 0, 8, 1, 9, 4, 12, 5, 13
+#define HI 2, 10, 3, 11, 6, 14, 7, 15
+#define LO2 0, 1, 8, 9, 4, 5, 12, 13
+#define HI2 2, 3, 10, 11, 6, 7, 14, 15
+#define LO4 0, 1, 2, 3, 8, 9, 10, 11
+#define HI4 4, 5, 6, 7, 12, 13, 14, 15
     for (int j = 0; j < 8; j += 2) {
-        t[j] = __builtin_shuffle(r[j], r[j + 1], lo);
-        t[j + 1] = __builtin_shuffle(r[j], r[j + 1], hi);
+        t[j] = SHUFFLE(r[j], r[j + 1], LO);
+        t[j + 1] = SHUFFLE(r[j], r[j + 1], HI);
     }
     for (int j = 0; j < 8; j += 4) {
-        u[j] = __builtin_shuffle(t[j], t[j + 2], lo2);
-        u[j + 1] = __builtin_shuffle(t[j], t[j + 2], hi2);
-        u[j + 2] = __builtin_shuffle(t[j + 1], t[j + 3], lo2);
-        u[j + 3] = __builtin_shuffle(t[j + 1], t[j + 3], hi2);
+        u[j] = SHUFFLE(t[j], t[j + 2], LO2);
+        u[j + 1] = SHUFFLE(t[j], t[j + 2], HI2);
+        u[j + 2] = SHUFFLE(t[j + 1], t[j + 3], LO2);
+        u[j + 3] = SHUFFLE(t[j + 1], t[j + 3], HI2);
     }
     for (int j = 0; j < 4; j++) {
-        c[j] = __builtin_shuffle(u[j], u[j + 4], lo4);
-        c[j + 4] = __builtin_shuffle(u[j], u[j + 4], hi4);
+        c[j] = SHUFFLE(u[j], u[j + 4], LO4);
+        c[j + 4] = SHUFFLE(u[j], u[j + 4], HI4);
     }
 }
 
@@ -116,24 +124,50 @@ float arnormCpuRowSumSquares(const float *h, size_t H, float *slots) {
     return rowSumSquares(h, H, slots);
 }
 
+#define NZ(v) ((v) == 0.0f ? 0.0f : (v)) /* -0.0 is the protocol's sentinel: +0.0 */
+
+/* Step 1 of a row, for one world size: a = D(sum of the senders in rank order), h =
+ * D(a + residual), stored to residualOut and kept in sc->h. SUM is the fp32 sum of element
+ * i, written out for the world size so the loop vectorizes. */
+#define ROW_STEP1(SUM, LOAD, ROUND, STORE)                                                   \
+    if (a->residual) {                                                                       \
+        for (size_t i = 0; i < H; i++) {                                                     \
+            float v = ROUND(ROUND(SUM) + LOAD(a->residual, base + i));                      \
+            h[i] = v;                                                                        \
+            STORE(a->residualOut, base + i, v);                                             \
+        }                                                                                    \
+    } else {                                                                                 \
+        for (size_t i = 0; i < H; i++) h[i] = ROUND(SUM);                                    \
+        if (a->residualOut)                                                                  \
+            for (size_t i = 0; i < H; i++) STORE(a->residualOut, base + i, h[i]);           \
+    }
+
 #define DEFINE_FINISH(NAME, LOAD, ROUND, STORE)                                              \
-    ARNORM_CLONES static void NAME(const float *sums, const arnormNormArgs *a, size_t row0,  \
-                                   size_t nrows, arnormRowScratch *sc) {                     \
+    ARNORM_CLONES static void NAME(const void *const *s, int n, const arnormNormArgs *a,     \
+                                   size_t row0, size_t nrows, arnormRowScratch *sc) {        \
         const size_t H = a->hidden;                                                          \
         float *h = sc->h, *w = sc->w;                                                        \
         for (size_t r = 0; r < nrows; r++) {                                                 \
-            const size_t base = (row0 + r) * H;                                              \
-            const float *x = sums + r * H;                                                   \
-            if (a->residual)                                                                 \
-                for (size_t i = 0; i < H; i++)                                               \
-                    h[i] = ROUND(ROUND(x[i]) + LOAD(a->residual, base + i));                 \
-            else                                                                             \
-                for (size_t i = 0; i < H; i++) h[i] = ROUND(x[i]);                           \
-            if (a->residualOut)                                                              \
-                for (size_t i = 0; i < H; i++) STORE(a->residualOut, base + i, h[i]);        \
-            const float s = arnormRowScale(rowSumSquares(h, H, sc->slots), H, a->eps);       \
+            const size_t base = (row0 + r) * H, o = r * H;                                   \
+            switch (n) {                                                                     \
+            case 1: ROW_STEP1(NZ(LOAD(s[0], o + i)), LOAD, ROUND, STORE) break;              \
+            case 2:                                                                          \
+                ROW_STEP1(NZ(LOAD(s[0], o + i)) + LOAD(s[1], o + i), LOAD, ROUND, STORE)     \
+                break;                                                                       \
+            case 4:                                                                          \
+                ROW_STEP1(NZ(LOAD(s[0], o + i)) + LOAD(s[1], o + i) + LOAD(s[2], o + i) +    \
+                              LOAD(s[3], o + i), LOAD, ROUND, STORE)                         \
+                break;                                                                       \
+            default: /* any world size: accumulate sender by sender, in rank order */        \
+                for (size_t i = 0; i < H; i++) h[i] = NZ(LOAD(s[0], o + i));                 \
+                for (int q = 1; q < n; q++)                                                  \
+                    for (size_t i = 0; i < H; i++) h[i] = h[i] + LOAD(s[q], o + i);          \
+                ROW_STEP1(h[i], LOAD, ROUND, STORE)                                          \
+                break;                                                                       \
+            }                                                                                \
+            const float sc_ = arnormRowScale(rowSumSquares(h, H, sc->slots), H, a->eps);     \
             for (size_t i = 0; i < H; i++) {                                                 \
-                float hs = h[i] * s;                                                         \
+                float hs = h[i] * sc_;                                                       \
                 STORE(a->normOut, base + i, hs * w[i]);                                      \
             }                                                                                \
         }                                                                                    \
@@ -148,12 +182,12 @@ void arnormCpuPrepareWeight(const arnormNormArgs *a, arnormRowScratch *sc) {
         sc->w[i] = a->weightBias + arnormLoad(a->weight, i, (arnormDataType_t)a->weightType);
 }
 
-void arnormCpuFinishRows(const float *sums, const arnormNormArgs *a, size_t row0, size_t nrows,
-                         arnormRowScratch *sc) {
+void arnormCpuFinishRows(const void *const *senders, int nsenders, const arnormNormArgs *a,
+                         size_t row0, size_t nrows, arnormRowScratch *sc) {
     switch (a->dtype) {
-    case arnormBfloat16: finishBf16(sums, a, row0, nrows, sc); break;
-    case arnormFloat16: finishF16(sums, a, row0, nrows, sc); break;
-    default: finishF32(sums, a, row0, nrows, sc); break;
+    case arnormBfloat16: finishBf16(senders, nsenders, a, row0, nrows, sc); break;
+    case arnormFloat16: finishF16(senders, nsenders, a, row0, nrows, sc); break;
+    default: finishF32(senders, nsenders, a, row0, nrows, sc); break;
     }
 }
 

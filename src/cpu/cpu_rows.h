@@ -15,13 +15,14 @@ typedef struct {
 void arnormCpuPrepareWeight(const arnormNormArgs *args, arnormRowScratch *scratch);
 
 /*
- * Finishes rows [row0, row0 + nrows) of a call: `sums` holds the fp32 sums a (not yet
- * rounded), row-major from row0. Writes residualOut = D(D(a) + residual) and
- * normOut = D((h * s) * (weightBias + w)). Reads every input of a row before writing it,
- * so the aliasing the header allows is safe.
+ * Finishes rows [row0, row0 + nrows) of a call. Sender q's data for those rows is
+ * senders[q] (row-major [nrows x hidden] of the call's dtype); a = D(sum over q in order),
+ * residualOut = D(a + residual), normOut = D((h * s) * (weightBias + w)). With one sender
+ * it is the norm of an already reduced input. Reads every input of a row before writing
+ * it, so the aliasing the header allows is safe. Specialized for 1, 2 and 4 senders.
  */
-void arnormCpuFinishRows(const float *sums, const arnormNormArgs *args, size_t row0,
-                         size_t nrows, arnormRowScratch *scratch);
+void arnormCpuFinishRows(const void *const *senders, int nsenders, const arnormNormArgs *args,
+                         size_t row0, size_t nrows, arnormRowScratch *scratch);
 
 /* sums[i] = (first ? 0 : sums[i]) + float(src[i]), -0.0 taken as +0.0. */
 void arnormCpuAccumulate(const void *src, size_t n, int dtype, float *sums, int first);
