@@ -50,9 +50,9 @@ if [[ " $STAGES " == *" tests "* ]]; then
 fi
 if [[ " $STAGES " == *" sanitize "* ]]; then
   CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  run memcheck_sp2 600 "$CS" --tool memcheck --error-exitcode 9 "$T" sp 2 tiny || fails=$((fails+1))
-  run racecheck_sp2 600 "$CS" --tool racecheck --error-exitcode 9 "$T" sp 2 tiny || fails=$((fails+1))
-  run memcheck_w1 300 "$CS" --tool memcheck --error-exitcode 9 "$T" sp 1 tiny || fails=$((fails+1))
+  run memcheck_mp2 600 "$CS" --tool memcheck --report-api-errors no --error-exitcode 9 "$T" mp 2 tiny || fails=$((fails+1))
+  run racecheck_sp2 600 "$CS" --tool racecheck --report-api-errors no --error-exitcode 9 "$T" sp 2 tiny || fails=$((fails+1))
+  run memcheck_w1 300 "$CS" --tool memcheck --report-api-errors no --error-exitcode 9 "$T" sp 1 tiny || fails=$((fails+1))
 fi
 if [[ " $STAGES " == *" bench "* ]]; then
   B="$BUILD/bench/arnorm-bench"

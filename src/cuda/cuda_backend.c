@@ -54,6 +54,8 @@ typedef struct {
     int *errHost;      /* host-mapped error word */
     int *errDev;
     int haveWorkspace;
+    unsigned long long hostCount;  /* host mirror of the rotation (sizes grids only) */
+    long long hostUsed[3];
 } CudaImpl;
 
 typedef struct {
@@ -251,6 +253,10 @@ static arnormResult_t runLamport(struct arnormComm *comm, CudaImpl *im, arnormKA
                            "a row of %lld elements does not fit the %lld-byte workspace slot",
                            base.hidden, im->slotBytes);
     const size_t es = arnormDtypeSize((arnormDataType_t)base.dtype);
+    { /* equal chunks: no tiny last chunk */
+        long long nch = (rows + per - 1) / per;
+        per = (rows + nch - 1) / nch;
+    }
     for (long long r0 = 0; r0 < rows; r0 += per) {
         arnormKArgs k = base;
         long long nr = rows - r0 < per ? rows - r0 : per;
@@ -263,7 +269,10 @@ static arnormResult_t runLamport(struct arnormComm *comm, CudaImpl *im, arnormKA
         long long left = totalCount - r0 * base.hidden;
         k.count = nr * base.hidden < left ? nr * base.hidden : left;
         k.algo = algo;
+        k.clearHint = im->hostUsed[(im->hostCount + 2) % 3];
         int e = arnormKLaunch(&k, stream);
+        im->hostUsed[im->hostCount % 3] = arnormKUsedBytes(algo, nr, k.hidden, k.dtype, n);
+        im->hostCount++;
         if (e != 0)
             return arnormError(comm, arnormCudaError, "launching the %s kernel: %s",
                                algo == arnormKOneShot ? "one-shot" : "two-shot",

@@ -655,7 +655,13 @@ extern "C" int arnormKLaunch(const arnormKArgs *a, void *stream) {
     int occ = occupancy(fn, a->algo, a->dtype, n, threads);
     long long perSm = a->algo == arnormKNorm ? occ : (occ < 4 ? occ : 4);
     long long grid = (long long)a->smCount * perSm;
+    const long long maxGrid = grid;
     if (grid > a->rows) grid = a->rows;
+    if (a->algo != arnormKNorm && a->clearHint > 0) { /* enough blocks to clear the old slot */
+        long long clearBlocks = (a->clearHint + (long long)threads * 256 - 1) / ((long long)threads * 256);
+        if (clearBlocks > maxGrid) clearBlocks = maxGrid;
+        if (grid < clearBlocks) grid = clearBlocks;
+    }
     if (grid < 1) grid = 1;
 
     cudaLaunchConfig_t cfg = {};

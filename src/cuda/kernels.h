@@ -77,6 +77,8 @@ typedef struct {
     /* launch */
     int smCount;
     int pdl; /* programmatic dependent launch (sm_90+) */
+    long long clearHint; /* bytes the call will likely clear (host's mirror of the rotation;
+                            only sizes the grid: a call of few rows still clears fast) */
 } arnormKArgs;
 
 /* Bytes of a row in the Lamport buffer (padded to whole 8-element chunks). */
