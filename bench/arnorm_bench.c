@@ -6,7 +6,7 @@
  *
  *   arnorm-bench [-g 2[,4..]] [-b 1] [-e 8192] [-f 2] [-t 1,8,32] [-H 4096] [-d bf16|fp16|fp32|all]
  *                [-n iters] [-w warmup] [-r repeats] [-G 0|1|2] [-B auto|cpu|cuda] [-c 0|1]
- *                [-o results.csv]
+ *                [-C 0|1] [-o results.csv]
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -26,7 +26,7 @@ typedef struct {
     int ntokens;
     size_t hidden;
     int dtypes[3], ndtypes;
-    int iters, warmup, repeats, graphMode, check;
+    int iters, warmup, repeats, graphMode, check, checkMode;
     arnormBackend_t backend;
     const char *csv;
     uint64_t seed;
@@ -75,6 +75,7 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
     if (dev->setup(rank, nranks)) return 1;
     arnormConfig_t cfg = ARNORM_CONFIG_INITIALIZER;
     cfg.backend = o->backend;
+    cfg.checkMode = o->checkMode;
     arnormComm_t comm;
     arnormResult_t r = arnormCommInitRank(&comm, nranks, id, rank, &cfg);
     if (r != arnormSuccess) {
@@ -87,8 +88,8 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
     FILE *csv = NULL;
     if (rank == 0) {
         printf("# world %d, backend %s, workspace %zu bytes per rank, hidden %zu, %d iters x "
-               "%d repeats (median), warm-up %d\n", nranks, dev->name, ws, o->hidden, o->iters,
-               o->repeats, o->warmup);
+               "%d repeats (median), warm-up %d%s\n", nranks, dev->name, ws, o->hidden, o->iters,
+               o->repeats, o->warmup, o->checkMode ? ", check mode on" : "");
         if (dev != &benchHost)
             printf("# empty kernel: %.2f us per CUDA-graph node, %.2f us per stream launch\n",
                    dev->emptyKernel(o->iters, 1), dev->emptyKernel(o->iters, 0));
@@ -216,7 +217,7 @@ static void usage(void) {
             "usage: arnorm-bench [-g worlds e.g. 2,4] [-b minTokens] [-e maxTokens] [-f factor]\n"
             "  [-t tokens list] [-H hidden] [-d bf16|fp16|fp32|all] [-n iters] [-w warmup]\n"
             "  [-r repeats] [-G 0 eager|1 graph|2 both] [-B auto|cpu|cuda] [-c check 0|1]\n"
-            "  [-o csv file]\n");
+            "  [-C 1: check mode, shapes verified across ranks every call] [-o csv file]\n");
 }
 
 int main(int argc, char **argv) {
@@ -236,7 +237,7 @@ int main(int argc, char **argv) {
     o.backend = arnormBackendAuto;
     size_t b = 1, e = 32, f = 2;
     int opt;
-    while ((opt = getopt(argc, argv, "g:b:e:f:t:H:d:n:w:r:G:B:c:o:h")) != -1) {
+    while ((opt = getopt(argc, argv, "g:b:e:f:t:H:d:n:w:r:G:B:c:C:o:h")) != -1) {
         switch (opt) {
         case 'g': {
             size_t w[8];
@@ -269,6 +270,7 @@ int main(int argc, char **argv) {
                       : !strcmp(optarg, "cuda") ? arnormBackendCuda : arnormBackendAuto;
             break;
         case 'c': o.check = atoi(optarg); break;
+        case 'C': o.checkMode = atoi(optarg) != 0; break;
         case 'o': o.csv = optarg; break;
         default: usage(); return 2;
         }

@@ -49,7 +49,8 @@ typedef struct {
     uint32_t reserved;
     uint64_t slotBytes;
     _Atomic uint32_t attached;
-    _Atomic int32_t failedRank; /* -1, or the first rank that failed or aborted */
+    _Atomic int32_t failedRank; /* 0, or 1 + the first rank that failed or aborted (0 is
+                                   what a fresh segment holds: no sentinel to set first) */
     _Atomic int32_t failCode;   /* its arnormResult_t */
     _Atomic int32_t pid[CPU_MAX_RANKS];
     _Atomic int32_t initState[CPU_MAX_RANKS]; /* 0 pending, 1 ready, 2 failed */
@@ -100,8 +101,8 @@ static long long elapsedMs(const struct timespec *t0) {
 }
 
 static void markFailed(cpuComm *c, arnormResult_t r) {
-    int32_t none = -1;
-    if (atomic_compare_exchange_strong(&c->hdr->failedRank, &none, c->rank))
+    int32_t none = 0;
+    if (atomic_compare_exchange_strong(&c->hdr->failedRank, &none, c->rank + 1))
         atomic_store(&c->hdr->failCode, (int32_t)r);
 }
 
@@ -123,7 +124,7 @@ static arnormResult_t waitTick(struct arnormComm *comm, waitState *w, int peer,
     }
     sched_yield();
     if (i % 64) return arnormSuccess;
-    int32_t failed = atomic_load(&c->hdr->failedRank);
+    int32_t failed = atomic_load(&c->hdr->failedRank) - 1;
     if (failed >= 0 && failed != c->rank)
         return arnormFail(comm, arnormRemoteError, "rank %d failed or aborted (%s) while "
                           "rank %d waited for %s from rank %d", failed,
@@ -474,7 +475,6 @@ arnormResult_t arnormCpuInit(struct arnormComm *comm, const arnormIdPayload *id)
         c->hdr = (segHeader *)c->shm.base;
         c->hdr->nranks = (uint32_t)c->N;
         c->hdr->slotBytes = c->W;
-        atomic_store(&c->hdr->failedRank, -1);
         atomic_store(&c->hdr->magic, SEG_MAGIC);
     } else {
         r = arnormShmOpen(comm, c->name, total, comm->settings.timeoutMs, &c->shm);
@@ -536,6 +536,7 @@ fail_attached:
     comm->impl = NULL;
     return r;
 fail:
+    if (c->hdr) markFailed(c, r); /* mapped but not attached: still tell the group */
     if (c->rank == 0) arnormShmUnlink(c->name); /* harmless when never created */
     cpuFree(c);
     comm->impl = NULL;
