@@ -6,7 +6,7 @@
  *
  *   arnorm-bench [-g 2[,4..]] [-b 1] [-e 8192] [-f 2] [-t 1,8,32] [-H 4096] [-d bf16|fp16|fp32|all]
  *                [-n iters] [-w warmup] [-r repeats] [-G 0|1|2] [-B auto|cpu|cuda] [-c 0|1]
- *                [-C 0|1] [-o results.csv]
+ *                [-C 0|1] [-a auto|oneshot|twoshot] [-o results.csv]
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -27,6 +27,7 @@ typedef struct {
     size_t hidden;
     int dtypes[3], ndtypes;
     int iters, warmup, repeats, graphMode, check, checkMode;
+    arnormAlgo_t algo; /* the fused side: auto, or forced one-shot / two-shot */
     arnormBackend_t backend;
     const char *csv;
     uint64_t seed;
@@ -54,14 +55,17 @@ static int cmpDouble(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Median over repeats of the us per call, after warm-up. */
-static double measure(callCtx *c, const benchOpts *o, int graph) {
-    double t[64];
+/* Median over repeats of the us per call (and of the host's us to issue one), after
+ * warm-up. */
+static double measure(callCtx *c, const benchOpts *o, int graph, double *hostUs) {
+    double t[64], h[64];
     int reps = o->repeats < 64 ? o->repeats : 64;
-    if (c->dev->time(fusedCall, c, o->warmup, graph, tuBarrier) < 0) return -1;
+    if (c->dev->time(fusedCall, c, o->warmup, graph, tuBarrier, &h[0]) < 0) return -1;
     for (int i = 0; i < reps; i++)
-        if ((t[i] = c->dev->time(fusedCall, c, o->iters, graph, tuBarrier)) < 0) return -1;
+        if ((t[i] = c->dev->time(fusedCall, c, o->iters, graph, tuBarrier, &h[i])) < 0) return -1;
     qsort(t, (size_t)reps, sizeof t[0], cmpDouble);
+    qsort(h, (size_t)reps, sizeof h[0], cmpDouble);
+    *hostUs = h[reps / 2];
     return t[reps / 2];
 }
 
@@ -90,12 +94,17 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
         printf("# world %d, backend %s, workspace %zu bytes per rank, hidden %zu, %d iters x "
                "%d repeats (median), warm-up %d%s\n", nranks, dev->name, ws, o->hidden, o->iters,
                o->repeats, o->warmup, o->checkMode ? ", check mode on" : "");
-        if (dev != &benchHost)
-            printf("# empty kernel: %.2f us per CUDA-graph node, %.2f us per stream launch\n",
-                   dev->emptyKernel(o->iters, 1), dev->emptyKernel(o->iters, 0));
-        printf("#%7s %7s %5s %5s %9s %6s %10s %9s %9s %7s %10s %8s\n", "tokens", "hidden",
+        if (dev != &benchHost) {
+            double hg, he;
+            double g = dev->emptyKernel(o->iters, 1, &hg), e = dev->emptyKernel(o->iters, 0, &he);
+            printf("# empty kernel: %.2f us per CUDA-graph node, %.2f us per stream launch "
+                   "(host %.2f us to issue one)\n", g, e, he);
+            printf("# #wrong of fallback rows: against NCCL's own bound (its ring rounds each "
+                   "of the %d hops to the storage type)\n", nranks - 1);
+        }
+        printf("#%7s %7s %5s %5s %9s %6s %10s %9s %9s %7s %10s %8s %8s\n", "tokens", "hidden",
                "dtype", "world", "path", "mode", "time(us)", "algbw", "busbw", "#wrong",
-               "base(us)", "speedup");
+               "base(us)", "speedup", "host(us)");
         fflush(stdout);
         if (o->csv) {
             csv = fopen(o->csv, "a");
@@ -128,7 +137,10 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
             c.residual = dResidual;
             c.weight = dWeight;
             arnormFuseInfo_t info;
+            arnormCommSetAlgo(comm, o->algo);
             arnormCanFuse(comm, dPartial, T, H, H, dt, &info);
+            if (info.algo == arnormAlgoFallback && dev != &benchHost)
+                p.sumRoundings = nranks - 1; /* NCCL's ring: judged by NCCL's bound */
             /* correctness: poisoned outputs, one call, fp64 reference on rank 0 */
             long long wrong = -1;
             if (o->check) {
@@ -150,13 +162,14 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
             }
             for (int g = 0; g < 2; g++) {
                 if ((o->graphMode == 0 && g == 1) || (o->graphMode == 1 && g == 0)) continue;
-                arnormCommSetAlgo(comm, arnormAlgoAuto);
-                double t = measure(&c, o, g);
+                double hostUs = 0, baseHost = 0;
+                arnormCommSetAlgo(comm, o->algo);
+                double t = measure(&c, o, g, &hostUs);
                 double base = -1;
                 if (nranks > 1) {
                     arnormCommSetAlgo(comm, arnormAlgoFallback);
-                    base = measure(&c, o, g);
-                    arnormCommSetAlgo(comm, arnormAlgoAuto);
+                    base = measure(&c, o, g, &baseHost);
+                    arnormCommSetAlgo(comm, o->algo);
                 }
                 if (t < 0) {
                     fprintf(stderr, "rank %d: timing failed: %s\n", rank, arnormGetLastError(comm));
@@ -165,19 +178,20 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
                 if (rank == 0) {
                     double algbw = bytes / t / 1e3, busbw = algbw * 2.0 * (nranks - 1) / nranks;
                     const char *mode = dev == &benchHost ? "host" : g ? "graph" : "eager";
-                    char wrongStr[24], baseStr[24], speedStr[24];
+                    char wrongStr[24], baseStr[24], speedStr[24], hostStr[24];
                     snprintf(wrongStr, sizeof wrongStr, wrong < 0 ? "-" : "%lld", wrong);
                     snprintf(baseStr, sizeof baseStr, base < 0 ? "-" : "%.2f", base);
                     snprintf(speedStr, sizeof speedStr, base < 0 ? "-" : "%.2fx", base / t);
-                    printf(" %7zu %7zu %5s %5d %9s %6s %10.2f %9.2f %9.2f %7s %10s %8s\n", T, H,
-                           tuDtypeName(dt), nranks, arnormGetAlgoString(info.algo), mode, t,
-                           algbw, busbw, wrongStr, baseStr, speedStr);
+                    snprintf(hostStr, sizeof hostStr, g ? "-" : "%.2f", hostUs);
+                    printf(" %7zu %7zu %5s %5d %9s %6s %10.2f %9.2f %9.2f %7s %10s %8s %8s\n", T,
+                           H, tuDtypeName(dt), nranks, arnormGetAlgoString(info.algo), mode, t,
+                           algbw, busbw, wrongStr, baseStr, speedStr, hostStr);
                     fflush(stdout);
                     if (csv)
-                        fprintf(csv, "%s,%s,%d,%zu,%zu,%s,%s,%.3f,%.3f,%.3f,%lld,%.3f,%zu\n",
+                        fprintf(csv, "%s,%s,%d,%zu,%zu,%s,%s,%.3f,%.3f,%.3f,%lld,%.3f,%zu,%.3f\n",
                                 dev->name, mode, nranks, T, H, tuDtypeName(dt),
                                 arnormGetAlgoString(info.algo), t, algbw, busbw, wrong, base,
-                                ws);
+                                ws, hostUs);
                 }
             }
             dev->release(dPartial); dev->release(dResidual); dev->release(dWeight);
@@ -217,7 +231,8 @@ static void usage(void) {
             "usage: arnorm-bench [-g worlds e.g. 2,4] [-b minTokens] [-e maxTokens] [-f factor]\n"
             "  [-t tokens list] [-H hidden] [-d bf16|fp16|fp32|all] [-n iters] [-w warmup]\n"
             "  [-r repeats] [-G 0 eager|1 graph|2 both] [-B auto|cpu|cuda] [-c check 0|1]\n"
-            "  [-C 1: check mode, shapes verified across ranks every call] [-o csv file]\n");
+            "  [-C 1: check mode, shapes verified across ranks every call]\n"
+            "  [-a auto|oneshot|twoshot: the fused side] [-o csv file]\n");
 }
 
 int main(int argc, char **argv) {
@@ -237,7 +252,7 @@ int main(int argc, char **argv) {
     o.backend = arnormBackendAuto;
     size_t b = 1, e = 32, f = 2;
     int opt;
-    while ((opt = getopt(argc, argv, "g:b:e:f:t:H:d:n:w:r:G:B:c:C:o:h")) != -1) {
+    while ((opt = getopt(argc, argv, "g:b:e:f:t:H:d:n:w:r:G:B:c:C:a:o:h")) != -1) {
         switch (opt) {
         case 'g': {
             size_t w[8];
@@ -271,6 +286,10 @@ int main(int argc, char **argv) {
             break;
         case 'c': o.check = atoi(optarg); break;
         case 'C': o.checkMode = atoi(optarg) != 0; break;
+        case 'a':
+            o.algo = !strcmp(optarg, "oneshot") ? arnormAlgoOneShot
+                   : !strcmp(optarg, "twoshot") ? arnormAlgoTwoShot : arnormAlgoAuto;
+            break;
         case 'o': o.csv = optarg; break;
         default: usage(); return 2;
         }

@@ -2,6 +2,7 @@
  * graph capture and replay, and the empty-kernel floor measured in the same run. */
 #include <cuda_runtime.h>
 #include <stdio.h>
+#include <time.h>
 
 extern "C" {
 #include "bench_device.h"
@@ -50,8 +51,14 @@ static int cudaSyncAll(void) {
 }
 static arnormStream_t cudaGetStream(void) { return (arnormStream_t)benchStream; }
 
+static double nowUs(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e6 + t.tv_nsec * 1e-3;
+}
+
 static double cudaTime(benchCallFn call, void *ctx, int iters, int graph,
-                       void (*barrier)(void)) {
+                       void (*barrier)(void), double *hostUs) {
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
@@ -71,12 +78,14 @@ static double cudaTime(benchCallFn call, void *ctx, int iters, int graph,
     }
     barrier();
     CK(cudaEventRecord(e0, benchStream));
+    double h0 = nowUs();
     if (graph) {
         CK(cudaGraphLaunch(exec, benchStream));
     } else {
         for (int i = 0; i < iters; i++)
             if (call(ctx)) return -1;
     }
+    *hostUs = (nowUs() - h0) / iters; /* issuing only: the calls run asynchronously */
     CK(cudaEventRecord(e1, benchStream));
     CK(cudaEventSynchronize(e1));
     float ms = 0;
@@ -96,9 +105,9 @@ static int launchEmpty(void *ctx) {
 
 static void noBarrier(void) {}
 
-static double cudaEmpty(int iters, int graph) {
-    cudaTime(launchEmpty, NULL, iters, graph, noBarrier); /* warm */
-    return cudaTime(launchEmpty, NULL, iters, graph, noBarrier);
+static double cudaEmpty(int iters, int graph, double *hostUs) {
+    cudaTime(launchEmpty, NULL, iters, graph, noBarrier, hostUs); /* warm */
+    return cudaTime(launchEmpty, NULL, iters, graph, noBarrier, hostUs);
 }
 
 static void cudaTeardown(void) {

@@ -19,10 +19,13 @@ typedef struct {
     int (*sync)(void);
     arnormStream_t (*stream)(void);
     /* Times `iters` calls; `graph`: captured once in a CUDA graph and replayed. Calls
-     * barrier() right before starting the clock. Returns us per call, < 0 on failure. */
-    double (*time)(benchCallFn call, void *ctx, int iters, int graph, void (*barrier)(void));
-    /* us per launch of an empty kernel (stream loop, or graph node when graph) */
-    double (*emptyKernel)(int iters, int graph);
+     * barrier() right before starting the clock. Returns us per call (device time on
+     * CUDA), < 0 on failure; *hostUs gets the host's us per call to issue them. */
+    double (*time)(benchCallFn call, void *ctx, int iters, int graph, void (*barrier)(void),
+                   double *hostUs);
+    /* us per launch of an empty kernel (stream loop, or graph node when graph); *hostUs as
+     * above */
+    double (*emptyKernel)(int iters, int graph, double *hostUs);
     void (*teardown)(void);
 } benchDevice;
 

@@ -56,6 +56,9 @@ typedef struct {
                                 int dtype);
     /* Frees the backend state. abort != 0: never wait for peers or pending work. */
     arnormResult_t (*destroy)(struct arnormComm *comm, int abort);
+    /* Optional: turns errors found by the device since the last call (a kernel's timeout)
+     * into the comm's sticky error, for arnormCommGetAsyncError. */
+    arnormResult_t (*pollAsync)(struct arnormComm *comm);
 } arnormBackendOps;
 
 struct arnormComm {
@@ -70,6 +73,7 @@ struct arnormComm {
     volatile int asyncError;    /* arnormResult_t; sticky once set */
     char lastError[512];
     char failMessage[512];      /* what put the comm into its error state */
+    const void *fusablePtrs[16]; /* pointers pointerReason accepted: engines reuse buffers */
 };
 
 /* ---- errors and logging (error.c) ---- */

@@ -231,7 +231,14 @@ arnormResult_t arnormCommAbort(arnormComm_t comm) { return teardown(comm, 1); }
         return arnormSuccess;                                                               \
     }
 
-QUERY(arnormCommGetAsyncError, arnormResult_t, (arnormResult_t)comm->asyncError)
+arnormResult_t arnormCommGetAsyncError(arnormComm_t comm, arnormResult_t *asyncError) {
+    ARNORM_TRY(arnormCheckComm(comm));
+    if (!asyncError)
+        return arnormError(comm, arnormInvalidArgument, "asyncError: NULL output");
+    if (comm->asyncError == arnormSuccess && comm->ops->pollAsync) comm->ops->pollAsync(comm);
+    *asyncError = (arnormResult_t)comm->asyncError;
+    return arnormSuccess;
+}
 QUERY(arnormCommCount, int, comm->nranks)
 QUERY(arnormCommUserRank, int, comm->rank)
 QUERY(arnormCommGetBackend, arnormBackend_t, comm->settings.backend)

@@ -168,16 +168,18 @@ arnormResult_t arnormResolveSettings(const arnormConfig_t *config, arnormSetting
 
 /*
  * Default fused budget in bytes per rank tensor (T * H * sizeof(D)): beyond it the
- * fallback is faster. CPU: measured with arnorm-bench on the CI-class machine (see
- * docs/results.md). CUDA sm_90: start from the field's table; replaced by measured
- * crossovers in docs/performance.md.
+ * fallback is faster. CUDA, from the crossovers measured with arnorm-bench on the lent
+ * 4x H100 SXM (docs/gpu.md, docs/performance.md): TP2 fused wins at every size measured
+ * (up to 128 MiB), TP3 and TP4 up to 16 MiB; TP5-8 unmeasured (no 8-GPU machine yet): the
+ * field's 0.5 MiB. CPU: the fused one-shot beats the staged path at every size measured;
+ * 1 MiB keeps the shared segment small.
  */
 long long arnormDefaultFuseMaxBytes(arnormBackend_t backend, int nranks, int smMajor) {
     (void)smMajor;
     if (nranks <= 1) return 0;
     if (backend == arnormBackendCpu) return 1LL << 20;
-    if (nranks == 2) return 64LL << 20;
-    if (nranks <= 4) return 2LL << 20;
+    if (nranks == 2) return 128LL << 20;
+    if (nranks <= 4) return 16LL << 20;
     return 512LL << 10;
 }
 

@@ -14,6 +14,18 @@ static size_t budgetTokens(long long fuseMaxBytes, size_t hidden, arnormDataType
     return (size_t)fuseMaxBytes / (hidden * arnormDtypeSize(dtype));
 }
 
+/* The backend's verdict on a pointer, remembered for pointers it accepted: engines pass
+ * the same few buffers every layer, and asking the driver (cudaPointerGetAttributes) for
+ * five pointers a call costs microseconds of host time. */
+static arnormReason_t pointerReasonCached(struct arnormComm *comm, const void *ptr) {
+    const size_t n = sizeof comm->fusablePtrs / sizeof comm->fusablePtrs[0];
+    const size_t slot = ((uintptr_t)ptr >> 8) % n;
+    if (comm->fusablePtrs[slot] == ptr) return arnormReasonNone;
+    arnormReason_t why = comm->ops->pointerReason(comm, ptr);
+    if (why == arnormReasonNone) comm->fusablePtrs[slot] = ptr;
+    return why;
+}
+
 void arnormDispatch(struct arnormComm *comm, const void *const *ptrs, int nptrs, size_t tokens,
                     size_t hidden, size_t rowStride, int dtype, arnormFuseInfo_t *info) {
     const arnormSettings *s = &comm->settings;
@@ -37,7 +49,7 @@ void arnormDispatch(struct arnormComm *comm, const void *const *ptrs, int nptrs,
     for (int i = 0; i < nptrs && why == arnormReasonNone; i++) {
         if (!ptrs[i]) continue;
         if ((uintptr_t)ptrs[i] % 16) why = arnormReasonMisaligned;
-        else why = comm->ops->pointerReason(comm, ptrs[i]);
+        else why = pointerReasonCached(comm, ptrs[i]);
     }
     const size_t rowBytes = hidden * arnormDtypeSize((arnormDataType_t)dtype);
     if (why == arnormReasonNone && rowBytes > (size_t)s->workspaceBytes)

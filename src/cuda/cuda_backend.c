@@ -442,8 +442,13 @@ static arnormResult_t cudaDestroy(struct arnormComm *comm, int abort) {
     return r;
 }
 
+static arnormResult_t cudaPollAsync(struct arnormComm *comm) {
+    return checkAsync(comm, comm->impl);
+}
+
 static const arnormBackendOps cudaOps = {
     "cuda", cudaFused, cudaAllReduce, cudaNorm, cudaPointerReason, NULL, cudaDestroy,
+    cudaPollAsync,
 };
 
 /* ------------------------------------------------------------------ init */
@@ -474,6 +479,9 @@ static arnormResult_t implBasics(struct arnormComm *comm, CudaImpl *im, int devi
     CU(comm, cudaStreamCreateWithFlags(&im->initStream, cudaStreamNonBlocking));
     CU(comm, cudaMalloc(&im->staging, 4096));
     arnormSettingsFinish(&comm->settings, arnormBackendCuda, comm->nranks, im->smMajor);
+    if (comm->settings.checkMode && comm->rank == 0)
+        arnormLog(ARNORM_LOG_WARN, "check mode (ARNORM_CHECK) is implemented on the CPU backend "
+                  "only; CUDA calls are not cross-checked");
     im->slotBytes = slotBytesFor(&comm->settings, comm->nranks);
     return arnormSuccess;
 }

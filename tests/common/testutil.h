@@ -51,6 +51,8 @@ typedef struct {
     void **partials; /* nranks buffers */
     void *residual;
     void *weight;
+    int sumRoundings; /* roundings to D inside the sum: 1 for arnorm (fp32 sum, one
+                         rounding); nranks - 1 for NCCL's ring, which rounds each hop */
 } tuProblem;
 
 int tuProblemMake(tuProblem *p, int nranks, size_t tokens, size_t hidden,

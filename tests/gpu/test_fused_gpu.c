@@ -12,7 +12,7 @@
  * bitwise equal to arnormAllReduce + arnormResidualRMSNorm; its error no larger than the
  * NCCL fallback's. Then CUDA graph capture + replay with new data each replay, the plain
  * all-reduce (bitwise vs a host rank-order fp32 sum), and a workspace-failure vote.
- * Without a GPU: prints "SKIP: no CUDA device" and exits 0.
+ * Without a GPU: prints "SKIP: no CUDA device" and exits 77 (ctest shows it as skipped).
  */
 #define _GNU_SOURCE
 #include <cuda_runtime.h>
@@ -464,12 +464,12 @@ int main(int argc, char **argv) {
     int ndev = probeDevices();
     if (ndev == 0) {
         printf("SKIP: no CUDA device\n");
-        return 0;
+        return 77;
     }
     if (world < 1 || world > MAXW) return 2;
     if (world > ndev) {
         printf("SKIP: world %d needs %d GPUs, %d visible\n", world, world, ndev);
-        return 0;
+        return 77;
     }
     gSeed = tuSeed();
     sh = mmap(NULL, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
