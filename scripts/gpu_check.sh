@@ -9,6 +9,7 @@
 #   3. the Gemma decoder example;
 # and prints a short table last. Logs and CSVs go to $OUT (device tool) or ./gpu-results.
 #   QUICK=1: quick test matrix everywhere (default: full matrix at TP2 and TP4 mp)
+#   STAGES="tests speed example" (default: all three; a device call may run one at a time)
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -48,6 +49,8 @@ run() { # name, timeout, command...  (PASS/FAIL line in the summary, log in $LOG
   return $rc
 }
 
+STAGES="${STAGES:-tests speed example}"
+has() { [[ " $STAGES " == *" $1 "* ]]; }
 fails=0
 # ---- 1. correctness: two lanes of two GPUs at once, then all four GPUs
 lane01() {
@@ -61,13 +64,15 @@ lane23() {
   run racecheck_sp2 200 "$CS" --tool racecheck --error-exitcode 9 "$T" sp 2 tiny
   run torch_binding_tp2 240 torchrun --nproc-per-node=2 tests/gpu/test_torch_binding.py --quick --no-timing
 }
-lane01 & lane23 & wait
-run test_mp_w4 300 "$T" mp 4 $Q; run test_sp_w4 200 "$T" sp 4 quick
-run test_mp_w3 150 "$T" mp 3 quick; run test_sp_w3 150 "$T" sp 3 quick
-run torch_binding_tp4 240 torchrun --nproc-per-node=4 tests/gpu/test_torch_binding.py --quick --no-timing
-fails=$(grep -c '^FAIL' "$SUMMARY")
+if has tests; then
+  lane01 & lane23 & wait
+  run test_mp_w4 300 "$T" mp 4 $Q; run test_sp_w4 200 "$T" sp 4 quick
+  run test_mp_w3 150 "$T" mp 3 quick; run test_sp_w3 150 "$T" sp 3 quick
+  run torch_binding_tp4 240 torchrun --nproc-per-node=4 tests/gpu/test_torch_binding.py --quick --no-timing
+fi
 
 # ---- 2. speed: arnorm-bench, then the PyTorch alternatives, same GPUs, nothing else running
+if has speed; then
 run bench_h4096 400 "$B" -B cuda -g 2,4 -t 1,8,32,128,512,2048,8192 -H 4096 -d bf16 -G 2 -o "$LOGS/bench.csv"
 run bench_h8192 300 "$B" -B cuda -g 4 -t 1,8,32,128,512,2048,8192 -H 8192 -d bf16 -G 1 -o "$LOGS/bench.csv"
 run bench_hidden 300 "$B" -B cuda -g 2,4 -t 1,32,512 -H 2304 -d bf16 -G 1 -o "$LOGS/bench.csv"
@@ -79,8 +84,9 @@ if [ -f .carry/torch_baseline.py ]; then
 else
   note "SKIP  torch_baseline: .carry/torch_baseline.py not carried"
 fi
+fi
 # ---- 3. the example
-run example_tp2 200 torchrun --nproc-per-node=2 examples/gemma_decoder_step.py
+has example && run example_tp2 200 torchrun --nproc-per-node=2 examples/gemma_decoder_step.py
 
 echo "==== arnorm-bench (bf16, median us per call; base = NCCL all-reduce + norm kernel, same run)"
 grep -h -v '^#' "$LOGS"/bench_h4096.log "$LOGS"/bench_h8192.log 2>/dev/null | awk 'NF>=12'

@@ -177,9 +177,15 @@ DEFINE_FINISH(finishBf16, BF16_LOAD, BF16_ROUND, BF16_STORE)
 DEFINE_FINISH(finishF16, F16_LOAD, F16_ROUND, F16_STORE)
 DEFINE_FINISH(finishF32, F32_LOAD, F32_ROUND, F32_STORE)
 
-void arnormCpuPrepareWeight(const arnormNormArgs *a, arnormRowScratch *sc) {
-    for (size_t i = 0; i < a->hidden; i++)
-        sc->w[i] = a->weightBias + arnormLoad(a->weight, i, (arnormDataType_t)a->weightType);
+ARNORM_CLONES void arnormCpuPrepareWeight(const arnormNormArgs *a, arnormRowScratch *sc) {
+    const float bias = a->weightBias;
+    float *w = sc->w;
+    if (a->weightType == arnormBfloat16)
+        for (size_t i = 0; i < a->hidden; i++) w[i] = bias + BF16_LOAD(a->weight, i);
+    else if (a->weightType == arnormFloat32)
+        for (size_t i = 0; i < a->hidden; i++) w[i] = bias + F32_LOAD(a->weight, i);
+    else
+        for (size_t i = 0; i < a->hidden; i++) w[i] = bias + F16_LOAD(a->weight, i);
 }
 
 void arnormCpuFinishRows(const void *const *senders, int nsenders, const arnormNormArgs *a,
