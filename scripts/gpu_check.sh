@@ -74,9 +74,6 @@ fi
 # ---- 2. speed: arnorm-bench, then the PyTorch alternatives, same GPUs, nothing else running
 if has speed; then
 run bench_h4096 400 "$B" -B cuda -g 2,4 -t 1,8,32,128,512,2048,8192 -H 4096 -d bf16 -G 2 -o "$LOGS/bench.csv"
-run bench_h8192 300 "$B" -B cuda -g 4 -t 1,8,32,128,512,2048,8192 -H 8192 -d bf16 -G 1 -o "$LOGS/bench.csv"
-run bench_hidden 300 "$B" -B cuda -g 2,4 -t 1,32,512 -H 2304 -d bf16 -G 1 -o "$LOGS/bench.csv"
-run bench_h5376 300 "$B" -B cuda -g 2,4 -t 1,32,512 -H 5376 -d bf16 -G 1 -o "$LOGS/bench.csv"
 if [ -f .carry/torch_baseline.py ]; then
   for w in 2 4; do
     HIDDEN=4096 run torch_baseline_tp$w 240 torchrun --nproc-per-node=$w .carry/torch_baseline.py
@@ -84,6 +81,9 @@ if [ -f .carry/torch_baseline.py ]; then
 else
   note "SKIP  torch_baseline: .carry/torch_baseline.py not carried"
 fi
+run bench_h8192 300 "$B" -B cuda -g 4 -t 1,8,32,128,512,2048,8192 -H 8192 -d bf16 -G 1 -o "$LOGS/bench.csv"
+run bench_h2304 300 "$B" -B cuda -g 2,4 -t 1,32,512 -H 2304 -d bf16 -G 1 -o "$LOGS/bench.csv"
+run bench_h5376 300 "$B" -B cuda -g 2,4 -t 1,32,512 -H 5376 -d bf16 -G 1 -o "$LOGS/bench.csv"
 fi
 # ---- 3. the example
 has example && run example_tp2 200 torchrun --nproc-per-node=2 examples/gemma_decoder_step.py
