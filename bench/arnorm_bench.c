@@ -55,18 +55,39 @@ static int cmpDouble(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Median over repeats of the us per call (and of the host's us to issue one), after
- * warm-up. */
-static double measure(callCtx *c, const benchOpts *o, int graph, double *hostUs) {
-    double t[64], h[64];
-    int reps = o->repeats < 64 ? o->repeats : 64;
-    if (c->dev->time(fusedCall, c, o->warmup, graph, tuBarrier, &h[0]) < 0) return -1;
-    for (int i = 0; i < reps; i++)
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof v[0], cmpDouble);
+    return v[n / 2];
+}
+
+/* The fused side (o->algo) and, with several ranks, the baseline (the fallback: all-reduce,
+ * then the norm kernel), timed in alternation repeat by repeat so drift of the machine hits
+ * both alike. Medians over repeats of the us per call, and of the host's us to issue one. */
+typedef struct {
+    double fused, fusedHost, base, baseHost;
+} timing;
+
+static int measure(callCtx *c, const benchOpts *o, int graph, int withBase, timing *out) {
+    double t[64], h[64], bt[64], bh[64], dummy;
+    const int reps = o->repeats < 64 ? o->repeats : 64;
+    for (int i = 0; i < reps; i++) {
+        arnormCommSetAlgo(c->comm, o->algo);
+        if (i == 0 && c->dev->time(fusedCall, c, o->warmup, graph, tuBarrier, &dummy) < 0)
+            return -1;
         if ((t[i] = c->dev->time(fusedCall, c, o->iters, graph, tuBarrier, &h[i])) < 0) return -1;
-    qsort(t, (size_t)reps, sizeof t[0], cmpDouble);
-    qsort(h, (size_t)reps, sizeof h[0], cmpDouble);
-    *hostUs = h[reps / 2];
-    return t[reps / 2];
+        if (!withBase) continue;
+        arnormCommSetAlgo(c->comm, arnormAlgoFallback);
+        if (i == 0 && c->dev->time(fusedCall, c, o->warmup, graph, tuBarrier, &dummy) < 0)
+            return -1;
+        if ((bt[i] = c->dev->time(fusedCall, c, o->iters, graph, tuBarrier, &bh[i])) < 0)
+            return -1;
+    }
+    arnormCommSetAlgo(c->comm, o->algo);
+    out->fused = median(t, reps);
+    out->fusedHost = median(h, reps);
+    out->base = withBase ? median(bt, reps) : -1;
+    out->baseHost = withBase ? median(bh, reps) : -1;
+    return 0;
 }
 
 static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void *arg) {
@@ -162,19 +183,12 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
             }
             for (int g = 0; g < 2; g++) {
                 if ((o->graphMode == 0 && g == 1) || (o->graphMode == 1 && g == 0)) continue;
-                double hostUs = 0, baseHost = 0;
-                arnormCommSetAlgo(comm, o->algo);
-                double t = measure(&c, o, g, &hostUs);
-                double base = -1;
-                if (nranks > 1) {
-                    arnormCommSetAlgo(comm, arnormAlgoFallback);
-                    base = measure(&c, o, g, &baseHost);
-                    arnormCommSetAlgo(comm, o->algo);
-                }
-                if (t < 0) {
+                timing tm;
+                if (measure(&c, o, g, nranks > 1, &tm)) {
                     fprintf(stderr, "rank %d: timing failed: %s\n", rank, arnormGetLastError(comm));
                     return 1;
                 }
+                const double t = tm.fused, base = tm.base, hostUs = tm.fusedHost;
                 if (rank == 0) {
                     double algbw = bytes / t / 1e3, busbw = algbw * 2.0 * (nranks - 1) / nranks;
                     const char *mode = dev == &benchHost ? "host" : g ? "graph" : "eager";
