@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -98,6 +99,15 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
     if (o->backend == arnormBackendCuda) dev = &benchCuda;
 #endif
     if (dev->setup(rank, nranks)) return 1;
+    if (dev == &benchHost) { /* one core per rank where there are enough: stable timings */
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        if (ncpu >= nranks) {
+            cpu_set_t set;
+            CPU_ZERO(&set);
+            CPU_SET(rank % ncpu, &set);
+            sched_setaffinity(0, sizeof set, &set);
+        }
+    }
     arnormConfig_t cfg = ARNORM_CONFIG_INITIALIZER;
     cfg.backend = o->backend;
     cfg.checkMode = o->checkMode;

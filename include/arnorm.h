@@ -40,7 +40,10 @@
  * Collective rule: every rank of a communicator makes the same sequence of collective
  * calls with the same tokens, hidden and dtype. A rank that diverges makes its peers wait
  * until the configured timeout, after which every waiting call fails with arnormTimeout
- * or arnormRemoteError and the communicator stays in that error state.
+ * or arnormRemoteError and the communicator stays in that error state. A failed call may
+ * have written the rows it finished before the failure (rows are processed in order);
+ * the others are untouched. Check mode (config.checkMode, CPU backend) verifies the shapes
+ * of every call across ranks instead of leaving a mismatch undefined.
  *
  * Thread safety: a communicator is used by one thread at a time.
  */

@@ -5,10 +5,13 @@
  * then one area per rank: 3 Lamport slots x nranks senders x W bytes, and a W-byte stage.
  *
  * Fused one-shot (Lamport, the GPU protocol): a call k pushes its partial into slot k % 3
- * of every rank's area (-0.0 sent as +0.0), then reads its own slot k % 3 until no element
- * holds the sentinel -0.0, summing in rank order as data arrives; at the end it clears the
- * slot its previous call read, (k + 2) % 3. No barrier: a peer one call ahead writes a slot
- * cleared two calls ago. Fallback: stage, barrier, sum, barrier (all-reduce), then norm.
+ * of every peer's area (-0.0 sent as +0.0; a rank's own data is read in place), then, a few
+ * KiB at a time, waits until no element of the peers' data holds the sentinel -0.0, sums
+ * the rows in rank order straight from the slots into the residual add and the norm, and
+ * clears what it read back to the sentinel while it is in cache. No barrier: a peer writes
+ * the slot again only at call k + 3. (The GPU defers the clear to call k + 1, since its
+ * blocks cannot see each other finish; one CPU thread reads the whole slot.)
+ * Fallback: stage, barrier, sum, barrier (all-reduce), then norm.
  * Every wait is bounded (settings.timeoutMs), watches the failure flag and peers' pids.
  */
 #define _GNU_SOURCE
@@ -68,8 +71,6 @@ typedef struct {
     size_t areaBytes, W;
     int N, rank;
     uint64_t calls;        /* Lamport calls so far: slot = calls % 3 */
-    size_t prevBytes;      /* padded bytes each sender wrote in the previous call's slot */
-    int prevClass;
     int regionClass;       /* sentinel width the whole Lamport region is cleared for */
     uint64_t barrierEpoch;
     float *sums;           /* W / 2 floats: one chunk's fp32 sums */
@@ -176,7 +177,6 @@ static arnormResult_t switchClass(struct arnormComm *comm, int cls) {
     fillWords(lamportSlot(c, c->rank, 0, 0), (size_t)3 * c->N * c->W / 8,
               cls == CLASS16 ? SENTINEL16 : SENTINEL32);
     c->regionClass = cls;
-    c->prevBytes = 0;
     return barrier(comm, "the sentinel switch");
 }
 
@@ -217,57 +217,75 @@ static inline int blockReady(const uint64_t *p, int cls) {
     return any == 0;
 }
 
-/* Waits until `words` words at p (a sender's data, padded to 64 bytes with +0.0 by the
- * writer's stride) hold no sentinel. */
-static arnormResult_t waitWords(struct arnormComm *comm, const uint64_t *p, size_t words,
-                                int cls, int peer) {
-    waitState ws = {0};
-    for (size_t k = 0; k < words; k += 8) {
-        while (!blockReady(p + k, cls)) {
-            ARNORM_TRY(waitTick(comm, &ws, peer, "its partial"));
-            __asm__ __volatile__("" ::: "memory");
+/* One Lamport call (call k) on this rank: the slot, the senders' data in rank order (own
+ * data is read from the caller's buffer, never copied), how far each peer's data has been
+ * seen complete, and how far it has been cleared back to the sentinel. */
+typedef struct {
+    int slot, cls;
+    size_t bytes; /* each sender's data, padded to whole 64-byte blocks with +0.0 */
+    const void *senders[CPU_MAX_RANKS];
+    size_t ready[CPU_MAX_RANKS];
+    size_t cleared;
+} lamportCall;
+
+/* Pushes n elements of `src` into slot k % 3 of every peer's area. */
+static arnormResult_t lamportBegin(struct arnormComm *comm, const void *src, size_t n,
+                                   int dtype, lamportCall *lc) {
+    cpuComm *c = impl(comm);
+    lc->cls = dtype == arnormFloat32 ? CLASS32 : CLASS16;
+    if (lc->cls != c->regionClass) ARNORM_TRY(switchClass(comm, lc->cls));
+    lc->slot = (int)(c->calls % 3);
+    lc->bytes = (n * arnormDtypeSize((arnormDataType_t)dtype) + 63) / 64 * 64;
+    lc->cleared = 0;
+    for (int i = 1; i < c->N; i++) { /* start with the next rank: spreads the traffic */
+        int p = (c->rank + i) % c->N;
+        pushWords(lamportSlot(c, p, lc->slot, c->rank), src, n, lc->cls, lc->bytes);
+    }
+    for (int q = 0; q < c->N; q++) {
+        lc->senders[q] = q == c->rank ? src : (const void *)lamportSlot(c, c->rank, lc->slot, q);
+        lc->ready[q] = q == c->rank ? lc->bytes : 0;
+    }
+    return arnormSuccess;
+}
+
+/* Waits until every peer's first `upto` bytes hold no sentinel (whole 64-byte blocks). */
+static arnormResult_t lamportAwait(struct arnormComm *comm, lamportCall *lc, size_t upto) {
+    upto = (upto + 63) / 64 * 64;
+    if (upto > lc->bytes) upto = lc->bytes;
+    for (int q = 0; q < impl(comm)->N; q++) {
+        const uint64_t *p = lc->senders[q];
+        waitState ws = {0};
+        for (size_t b = lc->ready[q]; b < upto; b += 64) {
+            while (!blockReady(p + b / 8, lc->cls)) {
+                ARNORM_TRY(waitTick(comm, &ws, q, "its partial"));
+                __asm__ __volatile__("" ::: "memory");
+            }
         }
+        if (upto > lc->ready[q]) lc->ready[q] = upto;
     }
     atomic_thread_fence(memory_order_acquire);
     return arnormSuccess;
 }
 
-/* One Lamport exchange of n elements of `src` (call k): push them into slot k % 3 of every
- * peer's area, clear the slot the previous call read, wait until every peer's data is in
- * this rank's slot. Own data is never copied: readers take it from `src`. Returns the slot's
- * sender pointers in rank order (own = src). */
-static arnormResult_t lamportExchange(struct arnormComm *comm, const void *src, size_t n,
-                                      int dtype, const void **senders) {
+/* Clears, in every peer's region of this rank's slot, the whole blocks below `upto` that
+ * were read: while they are still in cache. A peer writes this slot again only at call
+ * k + 3, after our push of call k + 1, which lamportEnd's release fence orders after these
+ * clears (the GPU, whose blocks cannot see each other finish, defers the clear to k + 1). */
+static void lamportRelease(struct arnormComm *comm, lamportCall *lc, size_t upto) {
     cpuComm *c = impl(comm);
-    const int cls = dtype == arnormFloat32 ? CLASS32 : CLASS16;
-    if (cls != c->regionClass) ARNORM_TRY(switchClass(comm, cls));
-    const int slot = (int)(c->calls % 3);
-    /* padded to whole 64-byte blocks: the readiness check reads 8 words at a time */
-    const size_t bytes = (n * arnormDtypeSize((arnormDataType_t)dtype) + 63) / 64 * 64;
-    for (int i = 1; i < c->N; i++) { /* start with the next rank: spreads the traffic */
-        int p = (c->rank + i) % c->N;
-        pushWords(lamportSlot(c, p, slot, c->rank), src, n, cls, bytes);
-    }
-    /* While peers' data is in flight: clear the slot the previous call read. Every peer's
-     * data there was consumed; a peer writes it again only at call k + 2, after our push of
-     * call k + 1, which the release fence below orders after this clear. */
-    if (c->prevBytes) {
-        int prev = (int)((c->calls + 2) % 3);
-        for (int q = 0; q < c->N; q++)
-            if (q != c->rank)
-                fillWords(lamportSlot(c, c->rank, prev, q), c->prevBytes / 8,
-                          c->prevClass == CLASS16 ? SENTINEL16 : SENTINEL32);
-    }
-    atomic_thread_fence(memory_order_release);
-    for (int q = 0; q < c->N; q++) {
-        senders[q] = q == c->rank ? src : (const void *)lamportSlot(c, c->rank, slot, q);
+    upto = upto / 64 * 64;
+    if (upto <= lc->cleared) return;
+    for (int q = 0; q < c->N; q++)
         if (q != c->rank)
-            ARNORM_TRY(waitWords(comm, senders[q], bytes / 8, cls, q));
-    }
-    c->prevBytes = bytes;
-    c->prevClass = cls;
-    c->calls++;
-    return arnormSuccess;
+            fillWords((uint64_t *)lc->senders[q] + lc->cleared / 8, (upto - lc->cleared) / 8,
+                      lc->cls == CLASS16 ? SENTINEL16 : SENTINEL32);
+    lc->cleared = upto;
+}
+
+static void lamportEnd(struct arnormComm *comm, lamportCall *lc) {
+    lamportRelease(comm, lc, lc->bytes);
+    atomic_thread_fence(memory_order_release); /* clears before our next push */
+    impl(comm)->calls++;
 }
 
 /* ------------------------------------------------------------------ staged all-reduce */
@@ -315,9 +333,11 @@ static arnormResult_t cpuAllReduce(struct arnormComm *comm, const void *send, vo
         return arnormSuccess;
     }
     if (count * es <= c->W) {
-        const void *senders[CPU_MAX_RANKS];
-        ARNORM_TRY(lamportExchange(comm, send, count, dtype, senders));
-        for (int q = 0; q < c->N; q++) arnormCpuAccumulate(senders[q], count, dtype, c->sums, q == 0);
+        lamportCall lc;
+        ARNORM_TRY(lamportBegin(comm, send, count, dtype, &lc));
+        ARNORM_TRY(lamportAwait(comm, &lc, lc.bytes));
+        for (int q = 0; q < c->N; q++) arnormCpuAccumulate(lc.senders[q], count, dtype, c->sums, q == 0);
+        lamportEnd(comm, &lc);
         arnormCpuStoreRounded(recv, 0, count, dtype, c->sums);
         return arnormSuccess;
     }
@@ -344,12 +364,21 @@ static arnormResult_t cpuFused(struct arnormComm *comm, const arnormNormArgs *a,
     const size_t rowBytes = a->hidden * es;
     for (size_t r0 = 0; r0 < a->tokens; r0 += rowsPerChunk) {
         size_t nr = a->tokens - r0 < rowsPerChunk ? a->tokens - r0 : rowsPerChunk;
-        const void *senders[CPU_MAX_RANKS];
-        ARNORM_TRY(lamportExchange(comm, (const char *)a->input + r0 * rowBytes,
-                                   nr * a->hidden, a->dtype, senders));
-        /* the fused step: each row summed in rank order straight from the slots, then
-           added to the residual and normalized, while it is in cache */
-        arnormCpuFinishRows(senders, c->N, a, r0, nr, &c->rows);
+        lamportCall lc;
+        ARNORM_TRY(lamportBegin(comm, (const char *)a->input + r0 * rowBytes, nr * a->hidden,
+                                a->dtype, &lc));
+        /* the fused step, a few KiB at a time: wait for those rows, sum them in rank order
+           straight from the slots, add the residual, normalize, clear what was read */
+        const size_t step = rowBytes >= 4096 ? 1 : 4096 / rowBytes;
+        for (size_t r = 0; r < nr; r += step) {
+            const size_t m = nr - r < step ? nr - r : step;
+            ARNORM_TRY(lamportAwait(comm, &lc, (r + m) * rowBytes));
+            const void *rows[CPU_MAX_RANKS];
+            for (int q = 0; q < c->N; q++) rows[q] = (const char *)lc.senders[q] + r * rowBytes;
+            arnormCpuFinishRows(rows, c->N, a, r0 + r, m, &c->rows);
+            lamportRelease(comm, &lc, (r + m) * rowBytes);
+        }
+        lamportEnd(comm, &lc);
     }
     return arnormSuccess;
 }
