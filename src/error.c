@@ -8,37 +8,34 @@
 /* Messages of calls that had no usable communicator (init failures, bad handles). */
 static _Thread_local char threadLastError[512];
 
-static void formatInto(char *dst, size_t n, const char *fmt, va_list ap) {
-    vsnprintf(dst, n, fmt, ap);
+/* Formats the message into the comm's buffer (or this thread's) and mirrors it to the
+ * thread's, so arnormGetLastError(NULL) also tells right after a call on a comm. */
+static const char *record(struct arnormComm *comm, const char *fmt, va_list ap) {
+    char *dst = comm ? comm->lastError : threadLastError;
+    vsnprintf(dst, comm ? sizeof comm->lastError : sizeof threadLastError, fmt, ap);
+    if (comm) memcpy(threadLastError, comm->lastError, sizeof threadLastError);
+    return dst;
 }
 
 arnormResult_t arnormError(struct arnormComm *comm, arnormResult_t r, const char *fmt, ...) {
-    char *dst = comm ? comm->lastError : threadLastError;
-    size_t n = comm ? sizeof comm->lastError : sizeof threadLastError;
     va_list ap;
     va_start(ap, fmt);
-    formatInto(dst, n, fmt, ap);
+    const char *msg = record(comm, fmt, ap);
     va_end(ap);
-    if (comm) memcpy(threadLastError, comm->lastError, sizeof threadLastError);
-    arnormLog(ARNORM_LOG_INFO, "%s: %s", arnormGetErrorString(r), dst);
+    arnormLog(ARNORM_LOG_INFO, "%s: %s", arnormGetErrorString(r), msg);
     return r;
 }
 
 arnormResult_t arnormFail(struct arnormComm *comm, arnormResult_t r, const char *fmt, ...) {
-    char *dst = comm ? comm->lastError : threadLastError;
-    size_t n = comm ? sizeof comm->lastError : sizeof threadLastError;
     va_list ap;
     va_start(ap, fmt);
-    formatInto(dst, n, fmt, ap);
+    const char *msg = record(comm, fmt, ap);
     va_end(ap);
-    if (comm) {
-        if (comm->asyncError == arnormSuccess) {
-            comm->asyncError = r;
-            memcpy(comm->failMessage, comm->lastError, sizeof comm->failMessage);
-        }
-        memcpy(threadLastError, comm->lastError, sizeof threadLastError);
+    if (comm && comm->asyncError == arnormSuccess) { /* the first failure is the cause */
+        comm->asyncError = r;
+        memcpy(comm->failMessage, comm->lastError, sizeof comm->failMessage);
     }
-    arnormLog(ARNORM_LOG_WARN, "%s: %s", arnormGetErrorString(r), dst);
+    arnormLog(ARNORM_LOG_WARN, "%s: %s", arnormGetErrorString(r), msg);
     return r;
 }
 

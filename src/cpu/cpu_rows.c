@@ -18,17 +18,6 @@
 #define ARNORM_CLONES
 #endif
 
-static inline float bitsToFloat(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static inline uint32_t floatToBits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
 /* float bits rounded to bf16 (nearest even, NaN kept quiet), low half zero. */
 static inline uint32_t bf16Bits(uint32_t u) {
     uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
@@ -36,9 +25,9 @@ static inline uint32_t bf16Bits(uint32_t u) {
     return (u & 0x7fffffffu) > 0x7f800000u ? q : r;
 }
 
-#define BF16_LOAD(p, i) bitsToFloat((uint32_t)((const uint16_t *)(p))[i] << 16)
-#define BF16_ROUND(f) bitsToFloat(bf16Bits(floatToBits(f)))
-#define BF16_STORE(p, i, f) (((uint16_t *)(p))[i] = (uint16_t)(bf16Bits(floatToBits(f)) >> 16))
+#define BF16_LOAD(p, i) arnormBitsFloat((uint32_t)((const uint16_t *)(p))[i] << 16)
+#define BF16_ROUND(f) arnormBitsFloat(bf16Bits(arnormFloatBits(f)))
+#define BF16_STORE(p, i, f) (((uint16_t *)(p))[i] = (uint16_t)(bf16Bits(arnormFloatBits(f)) >> 16))
 #define F16_LOAD(p, i) arnormHalfToFloat(((const uint16_t *)(p))[i])
 #define F16_ROUND(f) arnormHalfToFloat(arnormFloatToHalf(f))
 #define F16_STORE(p, i, f) (((uint16_t *)(p))[i] = arnormFloatToHalf(f))
