@@ -81,12 +81,12 @@ if [ -f .carry/torch_baseline.py ]; then
 else
   note "SKIP  torch_baseline: .carry/torch_baseline.py not carried"
 fi
+# ---- 3. the example (before the extra hidden sizes: a call may run out of time)
+has example && run example_tp2 200 torchrun --nproc-per-node=2 examples/gemma_decoder_step.py
 run bench_h8192 300 "$B" -B cuda -g 4 -t 1,8,32,128,512,2048,8192 -H 8192 -d bf16 -G 1 -o "$LOGS/bench.csv"
 run bench_h2304 300 "$B" -B cuda -g 2,4 -t 1,32,512 -H 2304 -d bf16 -G 1 -o "$LOGS/bench.csv"
 run bench_h5376 300 "$B" -B cuda -g 2,4 -t 1,32,512 -H 5376 -d bf16 -G 1 -o "$LOGS/bench.csv"
 fi
-# ---- 3. the example
-has example && run example_tp2 200 torchrun --nproc-per-node=2 examples/gemma_decoder_step.py
 
 echo "==== arnorm-bench (bf16, median us per call; base = NCCL all-reduce + norm kernel, same run)"
 grep -h -v '^#' "$LOGS"/bench_h4096.log "$LOGS"/bench_h8192.log 2>/dev/null | awk 'NF>=12'
