@@ -189,7 +189,8 @@ ARNORM_API const char *arnormGetErrorString(arnormResult_t result);
 ARNORM_API const char *arnormGetReasonString(arnormReason_t reason);
 ARNORM_API const char *arnormGetAlgoString(arnormAlgo_t algo);
 /* Last error message of `comm`, or of this thread's last call without a usable comm when
- * `comm` is NULL (init failures, invalid handles). Never NULL; "" when none. */
+ * `comm` is NULL (init failures, invalid handles). Never NULL; "" when none. The text lives
+ * in the communicator: valid until its next call, destroy or abort. */
 ARNORM_API const char *arnormGetLastError(arnormComm_t comm);
 ARNORM_API arnormResult_t arnormGetVersion(int *version);
 

@@ -54,7 +54,8 @@ static arnormComm_t initComm(int rank, int nranks, arnormUniqueId id, long long 
  * state, every later call refused at once. */
 static int expectFailure(arnormComm_t comm, bufs *b, arnormResult_t r, arnormResult_t want,
                          const char *needle, double ms, double maxMs) {
-    const char *m = arnormGetLastError(comm);
+    char m[512]; /* the comm's message dies with the comm (aborted below) */
+    snprintf(m, sizeof m, "%s", arnormGetLastError(comm));
     TU_CHECK(r == want, "got %s (%s), want %s", arnormGetErrorString(r), m,
              arnormGetErrorString(want));
     TU_CHECK(strstr(m, needle), "message '%s' does not name '%s'", m, needle);
