@@ -249,6 +249,20 @@ size_t tuCheck(const tuProblem *p, const void *residualOut, const void *normOut,
     return wrong;
 }
 
+arnormComm_t tuInitCpu(int rank, int nranks, arnormUniqueId id, long long timeoutMs,
+                       int checkMode) {
+    arnormConfig_t cfg = ARNORM_CONFIG_INITIALIZER;
+    cfg.backend = arnormBackendCpu;
+    if (timeoutMs > 0) cfg.timeoutMs = timeoutMs;
+    cfg.checkMode = checkMode;
+    arnormComm_t comm = NULL;
+    arnormResult_t r = arnormCommInitRank(&comm, nranks, id, rank, &cfg);
+    if (r != arnormSuccess)
+        fprintf(stderr, "rank %d init: %s: %s\n", rank, arnormGetErrorString(r),
+                arnormGetLastError(NULL));
+    return comm;
+}
+
 /* ---- launcher ---- */
 
 typedef struct {

@@ -66,6 +66,11 @@ void tuProblemFree(tuProblem *p);
 size_t tuCheck(const tuProblem *p, const void *residualOut, const void *normOut,
                double *maxErrOverTol);
 
+/* A CPU-backend communicator for rank `rank` of the launched ranks (timeoutMs <= 0: the
+ * default bound); NULL, with the library's message printed, when init fails. */
+arnormComm_t tuInitCpu(int rank, int nranks, arnormUniqueId id, long long timeoutMs,
+                       int checkMode);
+
 /* Rounds a double to the storage type once (round to nearest even, via round-to-odd). */
 double tuRoundTo(double x, arnormDataType_t t);
 double tuLoad(const void *buf, size_t i, arnormDataType_t t);

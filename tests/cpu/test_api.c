@@ -201,10 +201,8 @@ static int testStrings(void) {
 static int reasonsRank(int rank, int nranks, arnormUniqueId id, void *shared, void *arg) {
     (void)shared;
     (void)arg;
-    arnormConfig_t cfg = ARNORM_CONFIG_INITIALIZER;
-    cfg.backend = arnormBackendCpu;
-    arnormComm_t comm;
-    TU_OK(arnormCommInitRank(&comm, nranks, id, rank, &cfg));
+    arnormComm_t comm = tuInitCpu(rank, nranks, id, 0, 0);
+    TU_CHECK(comm, "init");
     _Alignas(16) static uint16_t buf[64];
     arnormFuseInfo_t info;
     TU_OK(arnormCanFuse(comm, buf, 1, 4096, 4096, arnormBfloat16, &info));
@@ -224,7 +222,6 @@ static int reasonsRank(int rank, int nranks, arnormUniqueId id, void *shared, vo
     TU_OK(arnormCanFuse(comm, buf, 1, 4096, 4096, arnormBfloat16, &info));
     TU_CHECK(info.reason == arnormReasonDisabled, "disabled: %s", arnormGetReasonString(info.reason));
     TU_OK(arnormCommDestroy(comm));
-    cfg.fuseMaxBytes = 0;
     return 0;
 }
 

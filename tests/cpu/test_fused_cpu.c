@@ -42,11 +42,8 @@ static int runFused(arnormComm_t comm, const tuProblem *p, int rank, const void 
 
 static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void *argp) {
     const caseArg *arg = argp;
-    arnormConfig_t cfg = ARNORM_CONFIG_INITIALIZER;
-    cfg.backend = arnormBackendCpu;
-    cfg.timeoutMs = 60000;
-    arnormComm_t comm;
-    TU_OK(arnormCommInitRank(&comm, nranks, id, rank, &cfg));
+    arnormComm_t comm = tuInitCpu(rank, nranks, id, 60000, 0);
+    TU_CHECK(comm, "init");
     const arnormDataType_t dt = arg->dtype;
     const size_t es = tuSize(dt);
     int cases = 0, failures = 0;

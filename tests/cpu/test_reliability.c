@@ -36,20 +36,6 @@ static arnormResult_t call(arnormComm_t comm, bufs *b, size_t tokens, size_t hid
                                           arnormBfloat16, comm, NULL);
 }
 
-static arnormComm_t initComm(int rank, int nranks, arnormUniqueId id, long long timeoutMs,
-                             int checkMode) {
-    arnormConfig_t cfg = ARNORM_CONFIG_INITIALIZER;
-    cfg.backend = arnormBackendCpu;
-    cfg.timeoutMs = timeoutMs;
-    cfg.checkMode = checkMode;
-    arnormComm_t comm = NULL;
-    arnormResult_t r = arnormCommInitRank(&comm, nranks, id, rank, &cfg);
-    if (r != arnormSuccess)
-        fprintf(stderr, "rank %d init: %s: %s\n", rank, arnormGetErrorString(r),
-                arnormGetLastError(NULL));
-    return comm;
-}
-
 /* A failed call: the expected code, the culprit named, outputs untouched, the comm in error
  * state, every later call refused at once. */
 static int expectFailure(arnormComm_t comm, bufs *b, arnormResult_t r, arnormResult_t want,
@@ -91,7 +77,7 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
     freshBufs(&b, rank);
     switch (scenario) {
     case 0: { /* a rank killed mid-run: peers fail fast with a remote error naming it */
-        arnormComm_t comm = initComm(rank, nranks, id, 20000, 0);
+        arnormComm_t comm = tuInitCpu(rank, nranks, id, 20000, 0);
         TU_CHECK(comm, "init");
         for (int i = 0; i < 3; i++) TU_OK(call(comm, &b, T, H));
         if (rank == nranks - 1) raise(SIGKILL);
@@ -105,7 +91,7 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
     }
     case 1: { /* a rank that skips one call: the others time out naming it (the first to
                  time out flags the group, the rest fail at once with a remote error) */
-        arnormComm_t comm = initComm(rank, nranks, id, 400, 0);
+        arnormComm_t comm = tuInitCpu(rank, nranks, id, 400, 0);
         TU_CHECK(comm, "init");
         for (int i = 0; i < 5; i++) {
             if (rank == 1 && i == 2) continue;
@@ -126,7 +112,7 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
     }
     case 2:   /* check mode: a different token count is an error on every rank, no hang */
     case 3: { /* ... and a different hidden size */
-        arnormComm_t comm = initComm(rank, nranks, id, 5000, 1);
+        arnormComm_t comm = tuInitCpu(rank, nranks, id, 5000, 1);
         TU_CHECK(comm, "init");
         TU_OK(call(comm, &b, T, H));
         size_t tokens = scenario == 2 && rank == 1 ? T / 2 : T;
@@ -145,14 +131,14 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
     }
     case 4: { /* allocation failure injected on one rank: every rank gets an error */
         double t0 = nowMs();
-        arnormComm_t comm = initComm(rank, nranks, id, 5000, 0);
+        arnormComm_t comm = tuInitCpu(rank, nranks, id, 5000, 0);
         TU_CHECK(!comm, "init succeeded despite a failed rank");
         TU_CHECK(nowMs() - t0 < 4000, "init failure took %.0f ms", nowMs() - t0);
         printf("  rank %d: init refused: %s\n", rank, arnormGetLastError(NULL));
         return 0;
     }
     case 5: { /* a rank aborts: the others' next call fails fast with a remote error */
-        arnormComm_t comm = initComm(rank, nranks, id, 20000, 0);
+        arnormComm_t comm = tuInitCpu(rank, nranks, id, 20000, 0);
         TU_CHECK(comm, "init");
         TU_OK(call(comm, &b, T, H));
         tuBarrier(); /* every rank done with the first call: an abort ends any call in flight */

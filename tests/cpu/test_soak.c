@@ -37,10 +37,8 @@ static long calls = 1000000;
 static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void *arg) {
     (void)shared;
     (void)arg;
-    arnormConfig_t cfg = ARNORM_CONFIG_INITIALIZER;
-    cfg.backend = arnormBackendCpu;
-    arnormComm_t comm;
-    TU_OK(arnormCommInitRank(&comm, nranks, id, rank, &cfg));
+    arnormComm_t comm = tuInitCpu(rank, nranks, id, 0, 0);
+    TU_CHECK(comm, "init");
     tuProblem p[MAXT + 1];
     static uint16_t golden[MAXT + 1][2][MAXT * H], res[MAXT * H], norm[MAXT * H];
     for (int t = 1; t <= MAXT; t++) {
