@@ -179,8 +179,18 @@ arnormResult_t arnormCommInitAll(arnormComm_t *comms, int ndev, const int *devli
         free(cs);
         return r;
     }
+    int registered = 0;
+    while (registered < ndev && registryAdd(cs[registered])) registered++;
+    if (registered < ndev) { /* out of memory for the registry: undo everything */
+        for (int i = 0; i < ndev; i++) {
+            if (i < registered) registryRemove(cs[i]);
+            cs[i]->ops->destroy(cs[i], 1);
+            free(cs[i]);
+        }
+        free(cs);
+        return arnormError(NULL, arnormOutOfMemory, "registering %d communicators", ndev);
+    }
     for (int i = 0; i < ndev; i++) {
-        registryAdd(cs[i]);
         cs[i]->magic = ARNORM_COMM_MAGIC;
         comms[i] = cs[i];
     }
@@ -199,7 +209,7 @@ arnormResult_t arnormCommInitFromNccl(arnormComm_t *comm, void *ncclComm,
     *comm = NULL;
     if (!ncclComm) return arnormError(NULL, arnormInvalidArgument, "ncclComm: NULL");
 #if defined(ARNORM_WITH_CUDA)
-    struct arnormComm *c;
+    struct arnormComm *c = NULL;
     ARNORM_TRY(newComm(1, 0, config, &c)); /* rank and size come from the NCCL comm */
     return finishInit(c, arnormCudaInitFromNccl(c, ncclComm), comm);
 #else
