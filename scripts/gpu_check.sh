@@ -69,6 +69,7 @@ if has tests; then
   run test_mp_w4 300 "$T" mp 4 $Q; run test_sp_w4 200 "$T" sp 4 quick
   run test_mp_w3 150 "$T" mp 3 quick; run test_sp_w3 150 "$T" sp 3 quick
   run torch_binding_tp4 240 torchrun --nproc-per-node=4 tests/gpu/test_torch_binding.py --quick --no-timing
+  run faults_gpu 120 "$BUILD/tests/gpu/test_faults_gpu"
 fi
 
 # ---- 2. speed: arnorm-bench, then the PyTorch alternatives, same GPUs, nothing else running

@@ -1,0 +1,125 @@
+/*
+ * test_faults_gpu.c - faults on the CUDA backend, multi-process, 2 GPUs:
+ *   skip: rank 1 stops calling (and stays alive)      -> rank 0 must not hang
+ *   kill: rank 1 is SIGKILLed after one good call     -> rank 0 must not hang
+ * Rank 0's next call: the kernel's bounded spin ends (timeoutMs = 1000), the stream
+ * synchronizes within a few seconds, arnormCommGetAsyncError reports the failure naming
+ * rank 1, later calls are refused at once, and arnormCommAbort returns.
+ * Without 2 GPUs: prints SKIP and exits 77.
+ * (Written in session 1 after its last device call: not yet run on a GPU.)
+ */
+#define _GNU_SOURCE
+#include <cuda_runtime.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+enum { T = 8, H = 4096, N = T * H };
+
+static double nowMs(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+#define CK(call)                                                                           \
+    do {                                                                                   \
+        cudaError_t e_ = (call);                                                           \
+        TU_CHECK(e_ == cudaSuccess, "%s: %s", #call, cudaGetErrorString(e_));             \
+    } while (0)
+
+typedef struct {
+    void *partial, *residual, *resOut, *normOut, *weight;
+    cudaStream_t stream;
+} devBufs;
+
+static arnormResult_t call(arnormComm_t comm, devBufs *d) {
+    return arnormAllReduceResidualRMSNorm(d->partial, d->residual, d->resOut, d->normOut,
+                                          d->weight, arnormBfloat16, 1e-6f, 1.0f, T, H,
+                                          arnormBfloat16, comm, d->stream);
+}
+
+static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void *arg) {
+    (void)shared;
+    const int scenario = *(const int *)arg; /* 0 skip, 1 kill */
+    CK(cudaSetDevice(rank));
+    arnormConfig_t cfg = ARNORM_CONFIG_INITIALIZER;
+    cfg.backend = arnormBackendCuda;
+    cfg.timeoutMs = 1000;
+    arnormComm_t comm;
+    TU_OK(arnormCommInitRank(&comm, nranks, id, rank, &cfg));
+    devBufs d;
+    static uint16_t host[N];
+    void **bufs[5] = {&d.partial, &d.residual, &d.resOut, &d.normOut, &d.weight};
+    for (int i = 0; i < 5; i++) {
+        CK(cudaMalloc(bufs[i], N * 2));
+        tuFill(host, N, arnormBfloat16, tuMix(tuSeed(), (uint64_t)(i * 8 + rank)), 1.0);
+        CK(cudaMemcpy(*bufs[i], host, N * 2, cudaMemcpyHostToDevice));
+    }
+    CK(cudaStreamCreate(&d.stream));
+    TU_OK(call(comm, &d));
+    CK(cudaStreamSynchronize(d.stream));
+    if (rank == 1) {
+        if (scenario == 1) raise(SIGKILL);
+        struct timespec s = {4, 0}; /* skip: stay alive, make no call */
+        nanosleep(&s, NULL);
+        TU_OK(arnormCommAbort(comm));
+        return 0;
+    }
+    double t0 = nowMs();
+    arnormResult_t r = call(comm, &d);
+    cudaError_t e = cudaStreamSynchronize(d.stream);
+    double ms = nowMs() - t0;
+    arnormResult_t async = arnormSuccess;
+    TU_OK(arnormCommGetAsyncError(comm, &async));
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", arnormGetLastError(comm));
+    printf("  %s: call %s, stream %s after %.0f ms, async error %s: %s\n",
+           scenario ? "kill" : "skip", arnormGetErrorString(r), cudaGetErrorString(e), ms,
+           arnormGetErrorString(async), msg);
+    TU_CHECK(ms < 5000, "rank 0 waited %.0f ms (bound 1000 ms)", ms);
+    TU_CHECK(async != arnormSuccess || r != arnormSuccess, "the failure went unreported");
+    TU_CHECK(strstr(msg, "rank 1"), "message does not name rank 1: %s", msg);
+    t0 = nowMs();
+    TU_CHECK(call(comm, &d) != arnormSuccess, "a comm in error state accepted a call");
+    TU_CHECK(nowMs() - t0 < 100, "a refused call waited");
+    t0 = nowMs();
+    arnormCommAbort(comm);
+    TU_CHECK(nowMs() - t0 < 2000, "abort took %.0f ms", nowMs() - t0);
+    return 0;
+}
+
+static int probeDevices(void) { /* in a child: this process must not start CUDA before fork */
+    pid_t pid = fork();
+    if (pid == 0) {
+        int n = 0;
+        if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
+        _exit(n > 100 ? 100 : n);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 0;
+}
+
+int main(void) {
+    if (probeDevices() < 2) {
+        printf("SKIP: needs 2 CUDA devices\n");
+        return 77;
+    }
+    tuSeed();
+    int failed = 0;
+    for (int scenario = 0; scenario < 2; scenario++) {
+        tuKilledRank = scenario == 1 ? 1 : -1;
+        int rc = tuLaunch(2, rankMain, &scenario, 0, 60);
+        printf("%s: %s\n", scenario ? "rank killed" : "rank skips calls", rc ? "FAIL" : "ok");
+        failed |= rc;
+    }
+    printf("%s\n", failed ? "FAILED" : "PASSED");
+    return failed;
+}
