@@ -65,26 +65,7 @@ QUICK = "--quick" in sys.argv
 TIMING = "--no-timing" not in sys.argv
 
 
-class GemmaRMSNorm(torch.nn.Module):
-    """The PyTorch reference (SGLang/vLLM style): x + residual in the model dtype, the norm
-    in fp32, scale 1 + w."""
-
-    def __init__(self, hidden, eps=1e-6, dtype=torch.float32, device=None, weight_bias=1.0):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(hidden, dtype=dtype, device=device))
-        self.variance_epsilon = eps
-        self.weight_bias = weight_bias
-
-    def forward(self, x, residual=None):
-        if residual is not None:
-            x = x + residual
-            residual = x
-        orig = x.dtype
-        xf = x.float()
-        var = xf.pow(2).mean(dim=-1, keepdim=True)
-        xf = xf * torch.rsqrt(var + self.variance_epsilon)
-        xf = xf * (self.weight_bias + self.weight.float())
-        return xf.to(orig), residual
+from torch_ref import GemmaRMSNorm  # noqa: E402  (tests/python, on sys.path above)
 
 
 class Checks:

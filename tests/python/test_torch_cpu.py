@@ -23,24 +23,9 @@ try:
     import torch
     import torch.distributed as dist
     import torch.multiprocessing as tmp
+    from torch_ref import GemmaRMSNorm
 except ImportError:
     torch = None
-
-
-class GemmaRMSNorm(object if torch is None else torch.nn.Module):
-    def __init__(self, hidden, eps=1e-6, dtype=None, weight_bias=1.0):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(hidden, dtype=dtype or torch.float32))
-        self.variance_epsilon = eps
-        self.weight_bias = weight_bias
-
-    def forward(self, x, residual=None):
-        if residual is not None:
-            x = x + residual
-            residual = x
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return (xf * (self.weight_bias + self.weight.float())).to(x.dtype), residual
 
 
 def worker(rank, world, port, q):
