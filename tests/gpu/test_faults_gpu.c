@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "gpu_probe.h"
 #include "testutil.h"
 
 enum { T = 8, H = 4096, N = T * H };
@@ -93,18 +94,6 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
     arnormCommAbort(comm);
     TU_CHECK(nowMs() - t0 < 2000, "abort took %.0f ms", nowMs() - t0);
     return 0;
-}
-
-static int probeDevices(void) { /* in a child: this process must not start CUDA before fork */
-    pid_t pid = fork();
-    if (pid == 0) {
-        int n = 0;
-        if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
-        _exit(n > 100 ? 100 : n);
-    }
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 0;
 }
 
 int main(void) {

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "arnorm.h"
+#include "gpu_probe.h"
 #include "testutil.h"
 
 #define MAXW 8
@@ -439,18 +440,6 @@ static void *spThread(void *p) {
     cudaSetDevice(a->R.rank);
     a->rc = runRank(&a->R);
     return NULL;
-}
-
-static int probeDevices(void) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        int n = 0;
-        if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
-        _exit(n > 100 ? 100 : n);
-    }
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 0;
 }
 
 int main(int argc, char **argv) {
