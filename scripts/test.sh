@@ -15,6 +15,15 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs"
 
+echo "== install, then build and run a consumer with find_package(arnorm) and with pkg-config"
+stage="$PWD/build/stage"
+rm -rf "$stage" && cmake --install build --prefix "$stage" >/dev/null
+cmake -S tests/install -B build/install-check -DCMAKE_PREFIX_PATH="$stage" >/dev/null
+cmake --build build/install-check >/dev/null
+LD_LIBRARY_PATH="$stage/lib" build/install-check/consumer
+cc tests/install/main.c $(PKG_CONFIG_PATH="$stage/lib/pkgconfig" pkg-config --cflags --libs arnorm) \
+  -o build/install-check/consumer-pc && LD_LIBRARY_PATH="$stage/lib" build/install-check/consumer-pc
+
 echo "== CPU suites under AddressSanitizer + UndefinedBehaviorSanitizer"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DARNORM_SANITIZE=ON \
   -DARNORM_ENABLE_CUDA=OFF >/dev/null
