@@ -73,7 +73,7 @@ typedef struct {
     uint64_t calls;        /* Lamport calls so far: slot = calls % 3 */
     int regionClass;       /* sentinel width the whole Lamport region is cleared for */
     uint64_t barrierEpoch;
-    float *sums;           /* W / 2 floats: one chunk's fp32 sums */
+    float *sums;           /* W / 2 floats: an all-reduce chunk's fp32 sums */
     arnormRowScratch rows;
 } cpuComm;
 
@@ -523,7 +523,7 @@ arnormResult_t arnormCpuInit(struct arnormComm *comm, const arnormIdPayload *id)
     atomic_store(&c->hdr->pid[c->rank], (int32_t)getpid());
     if (atomic_fetch_add(&c->hdr->attached, 1) + 1 == (uint32_t)c->N)
         arnormShmUnlink(c->name); /* the last to attach: nothing stays in /dev/shm */
-    c->sums = malloc((c->W / 2 > ARNORM_MAX_HIDDEN ? c->W / 2 : ARNORM_MAX_HIDDEN) * sizeof(float));
+    c->sums = malloc(c->W / 2 * sizeof(float)); /* an all-reduce chunk: W / 2 elements at most */
     c->rows.h = malloc(ARNORM_MAX_HIDDEN * sizeof(float));
     c->rows.w = malloc(ARNORM_MAX_HIDDEN * sizeof(float));
     c->rows.slots = malloc(ARNORM_ROW_MAX_SLOTS * sizeof(float));

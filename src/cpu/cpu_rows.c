@@ -108,11 +108,6 @@ static inline __attribute__((always_inline)) float rowSumSquares(const float *h,
     return arnormButterfly32(warps);
 }
 
-/* Test hook: the CPU's sum of squares of a row, for comparison with numerics.h. */
-float arnormCpuRowSumSquares(const float *h, size_t H, float *slots) {
-    return rowSumSquares(h, H, slots);
-}
-
 #define NZ(v) ((v) == 0.0f ? 0.0f : (v)) /* -0.0 is the protocol's sentinel: +0.0 */
 
 /* Step 1 of a row, for one world size: a = D(sum of the senders in rank order), h =

@@ -30,7 +30,5 @@ void arnormCpuAccumulate(const void *src, size_t n, int dtype, float *sums, int 
 void arnormCpuStoreRounded(void *dst, size_t first, size_t n, int dtype, const float *src);
 /* Copies n elements of `width` bytes, -0.0 sent as +0.0 (the Lamport writers' rule). */
 void arnormCpuCopyNoNegZero(void *dst, const void *src, size_t n, int width);
-/* The CPU's (vectorized) sum of squares of a row; equals numerics.h's, bit for bit. */
-float arnormCpuRowSumSquares(const float *h, size_t hidden, float *slots);
 
 #endif
