@@ -7,9 +7,14 @@
 #   2. arnorm-bench (CUDA-graph replay and stream loop, NCCL + norm baseline in the same
 #      run), then ../shared/bench/torch_baseline.py (carried in .carry/) on the same GPUs;
 #   3. the Gemma decoder example;
+#   reliability: fault tests (killed rank, skipped call, shape mismatch in check mode), a
+#      10^6-call soak at TP2 and compute-sanitizer synccheck, beside each other;
+#   ab: A/B timing of this build against the library in $AB_LIB (e.g. the previous commit's,
+#      built into .carry/old) and against settings in $AB_VARIANTS, alternating, graph
+#      replay, same GPUs, then the cost of check mode;
 # and prints a short table last. Logs and CSVs go to $OUT (device tool) or ./gpu-results.
 #   QUICK=1: quick test matrix everywhere (default: full matrix at TP2 and TP4 mp)
-#   STAGES="tests speed example" (default: all three; a device call may run one at a time)
+#   STAGES="ab tests reliability speed example" (default: tests reliability speed example)
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -49,7 +54,7 @@ run() { # name, timeout, command...  (PASS/FAIL line in the summary, log in $LOG
   return $rc
 }
 
-STAGES="${STAGES:-tests speed example}"
+STAGES="${STAGES:-tests reliability speed example}"
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 fails=0
 # ---- 1. correctness: two lanes of two GPUs at once, then all four GPUs
@@ -69,7 +74,37 @@ if has tests; then
   run test_mp_w4 300 "$T" mp 4 $Q; run test_sp_w4 200 "$T" sp 4 quick
   run test_mp_w3 150 "$T" mp 3 quick; run test_sp_w3 150 "$T" sp 3 quick
   run torch_binding_tp4 240 torchrun --nproc-per-node=4 tests/gpu/test_torch_binding.py --quick --no-timing
-  run faults_gpu 120 "$BUILD/tests/gpu/test_faults_gpu"
+fi
+
+# ---- reliability: faults and the soak on GPUs 0,1; synccheck on GPUs 2,3
+if has reliability; then
+  ( export CUDA_VISIBLE_DEVICES=0,1
+    run faults_gpu 120 "$BUILD/tests/gpu/test_faults_gpu"
+    run soak_gpu_tp2 300 "$BUILD/tests/gpu/test_soak_gpu" 2 1000000 ) &
+  ( export CUDA_VISIBLE_DEVICES=2,3
+    run synccheck_sp2 240 "$CS" --tool synccheck --report-api-errors no --error-exitcode 9 "$T" sp 2 tiny ) &
+  wait
+  grep -h "calls" "$LOGS/soak_gpu_tp2.log" | tee -a "$SUMMARY"
+fi
+
+# ---- ab: this build against $AB_LIB and/or settings in $AB_VARIANTS (space-separated
+# VAR=value), alternating (graph replay; NCCL baseline in each run)
+if has ab; then
+  ABT="-B cuda -g 2,4 -t 1,8,32,128,512,2048,8192 -H 4096 -d bf16 -G 1 -r 9"
+  for i in 1 2; do
+    run ab_default_$i 200 "$B" $ABT
+    [ -n "${AB_LIB:-}" ] && LD_LIBRARY_PATH="$AB_LIB:$LD_LIBRARY_PATH" run ab_lib_$i 200 "$B" $ABT
+    for v in ${AB_VARIANTS:-}; do run "ab_${v}_$i" 200 env "$v" "$B" $ABT; done
+  done
+  run checkmode_off 120 "$B" -B cuda -g 2 -t 1,128 -H 4096 -d bf16 -G 0
+  run checkmode_on 120 "$B" -B cuda -g 2 -t 1,128 -H 4096 -d bf16 -G 0 -C 1
+  echo "==== ab (graph us: tokens world path time base)"
+  for f in "$LOGS"/ab_*.log; do
+    echo "-- $(basename "$f" .log)"; awk '!/^#/ && NF>=12 && $6=="graph" {printf "%s/%s %s %s %s | ", $1,$4,$5,$7,$11} END {print ""}' "$f"
+  done | tee -a "$SUMMARY"
+  for f in checkmode_off checkmode_on; do
+    echo "-- $f"; awk '!/^#/ && NF>=12 {printf "%s/%s %s %s | ", $1,$4,$6,$7} END {print ""}' "$LOGS/$f.log"
+  done | tee -a "$SUMMARY"
 fi
 
 # ---- 2. speed: arnorm-bench, then the PyTorch alternatives, same GPUs, nothing else running
@@ -94,5 +129,8 @@ grep -h -v '^#' "$LOGS"/bench_h4096.log "$LOGS"/bench_h8192.log 2>/dev/null | aw
 for w in 2 4; do echo "==== torch_baseline TP$w"; tail -12 "$LOGS/torch_baseline_tp$w.log" 2>/dev/null; done
 echo "==== summary"; cat "$SUMMARY"
 fails=$(grep -c '^FAIL' "$SUMMARY")
+if [ -n "${OUT:-}" ]; then # the device tool brings back few files: pack the logs
+  tar czf /tmp/arnorm-logs.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/arnorm-logs.tgz "$OUT/logs.tgz"
+fi
 echo "failures: $fails"
 exit "$fails"

@@ -40,6 +40,9 @@ typedef struct {
 struct arnormComm;
 
 /* A backend: the same operations behind every path. Args are validated before. */
+/* The operations a check-mode descriptor names. */
+enum { OP_FUSED = 1, OP_ALLREDUCE = 2, OP_NORM = 3 };
+
 typedef struct {
     const char *name;
     /* algo is OneShot, TwoShot or Fallback (never Auto / NormOnly). */
@@ -51,9 +54,10 @@ typedef struct {
                            arnormStream_t stream);
     /* arnormReasonNone when `ptr` may be used by the fused path of this rank. */
     arnormReason_t (*pointerReason)(struct arnormComm *comm, const void *ptr);
-    /* Check mode (optional, may be NULL): fails on every rank when ranks' shapes differ. */
+    /* Check mode (optional, may be NULL; op is an OP_* value): fails on every rank when ranks' shapes differ,
+     * before anything of the call is enqueued on `stream`. */
     arnormResult_t (*checkCall)(struct arnormComm *comm, int op, size_t tokens, size_t hidden,
-                                int dtype);
+                                int dtype, arnormStream_t stream);
     /* Frees the backend state. abort != 0: never wait for peers or pending work. */
     arnormResult_t (*destroy)(struct arnormComm *comm, int abort);
     /* Optional: turns errors found by the device since the last call (a kernel's timeout)

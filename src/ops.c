@@ -8,7 +8,6 @@
 #include "arnorm_internal.h"
 #include "dtype.h"
 
-enum { OP_FUSED = 1, OP_ALLREDUCE = 2, OP_NORM = 3 };
 
 static arnormResult_t checkUsable(arnormComm_t comm) {
     ARNORM_TRY(arnormCheckComm(comm));
@@ -108,7 +107,7 @@ arnormResult_t arnormAllReduceResidualRMSNorm(const void *partial, const void *r
                         (int)weightType, eps, weightBias, tokens, hidden};
     ARNORM_TRY(checkNormArgs(comm, &a, "partial", 1));
     if (comm->settings.checkMode && comm->ops->checkCall)
-        ARNORM_TRY(comm->ops->checkCall(comm, OP_FUSED, tokens, hidden, (int)dtype));
+        ARNORM_TRY(comm->ops->checkCall(comm, OP_FUSED, tokens, hidden, (int)dtype, stream));
     const void *ptrs[5] = {partial, residual, residualOut, normOut, weight};
     arnormFuseInfo_t info;
     arnormDispatch(comm, ptrs, 5, tokens, hidden, hidden, (int)dtype, &info);
@@ -148,6 +147,6 @@ arnormResult_t arnormAllReduce(const void *sendbuff, void *recvbuff, size_t coun
                            "sendbuff and recvbuff partially overlap (in place needs equal "
                            "pointers)");
     if (comm->settings.checkMode && comm->ops->checkCall)
-        ARNORM_TRY(comm->ops->checkCall(comm, OP_ALLREDUCE, count, 1, (int)dtype));
+        ARNORM_TRY(comm->ops->checkCall(comm, OP_ALLREDUCE, count, 1, (int)dtype, stream));
     return comm->ops->allReduce(comm, sendbuff, recvbuff, count, dtype, stream);
 }

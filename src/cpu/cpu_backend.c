@@ -408,7 +408,7 @@ static arnormResult_t cpuDestroy(struct arnormComm *comm, int abort) {
 }
 
 static arnormResult_t cpuCheckCall(struct arnormComm *comm, int op, size_t tokens,
-                                   size_t hidden, int dtype);
+                                   size_t hidden, int dtype, arnormStream_t stream);
 
 const arnormBackendOps arnormCpuOps = {
     .name = "cpu",
@@ -422,7 +422,8 @@ const arnormBackendOps arnormCpuOps = {
 
 /* Check mode: every rank publishes the call's shape; all compare, between two barriers. */
 static arnormResult_t cpuCheckCall(struct arnormComm *comm, int op, size_t tokens,
-                                   size_t hidden, int dtype) {
+                                   size_t hidden, int dtype, arnormStream_t stream) {
+    (void)stream; /* CPU calls are synchronous */
     cpuComm *c = impl(comm);
     if (c->N == 1) return arnormSuccess;
     callDesc mine = {tokens, hidden, (uint32_t)dtype, (uint32_t)op};

@@ -54,8 +54,10 @@ typedef struct {
     int *errHost;      /* host-mapped error word */
     int *errDev;
     int haveWorkspace;
-    unsigned long long hostCount;  /* host mirror of the rotation (sizes grids only) */
-    long long hostUsed[3];
+    long long hostPrevUsed;        /* host mirror of ctrl->prevUsed (sizes grids only) */
+    size_t lastTokens, lastHidden; /* check mode: this rank's last checked call */
+    int lastDtype;
+    int warnedCapture;
 } CudaImpl;
 
 typedef struct {
@@ -132,7 +134,8 @@ static int envInt(const char *name, int dflt) {
 static cudaError_t allocWorkspace(CudaImpl *im, int rank) {
     cudaError_t e;
     if (envInt("ARNORM_TEST_FAIL_WORKSPACE_RANK", -1) == rank) return cudaErrorMemoryAllocation;
-    e = cudaMalloc(&im->buf, (size_t)(3 * im->slotBytes));
+    const size_t bytes = (size_t)(3 * im->slotBytes) + ARNORM_KCHECK_BYTES;
+    e = cudaMalloc(&im->buf, bytes);
     if (e != cudaSuccess) { im->buf = NULL; return e; }
     e = cudaMalloc((void **)&im->ctrl, sizeof(arnormKCtrl));
     if (e != cudaSuccess) { im->ctrl = NULL; return e; }
@@ -143,8 +146,7 @@ static cudaError_t allocWorkspace(CudaImpl *im, int rank) {
     if (e != cudaSuccess) return e;
     e = cudaMemsetAsync(im->ctrl, 0, sizeof(arnormKCtrl), im->initStream);
     if (e != cudaSuccess) return e;
-    e = (cudaError_t)arnormKFill32(im->buf, ARNORM_SENTINEL_WORD, (size_t)(3 * im->slotBytes / 4),
-                                   im->initStream);
+    e = (cudaError_t)arnormKFill32(im->buf, ARNORM_SENTINEL_WORD, bytes / 4, im->initStream);
     if (e != cudaSuccess) return e;
     return cudaStreamSynchronize(im->initStream);
 }
@@ -199,15 +201,28 @@ static void freeImpl(CudaImpl *im, int abort) {
 
 /* ------------------------------------------------------------------ async errors */
 
+static const char *opName(int op) { return op == OP_ALLREDUCE ? "all-reduce" : "fused"; }
+
 static arnormResult_t checkAsync(struct arnormComm *comm, CudaImpl *im) {
-    if (im->errHost) {
-        int v = *(volatile int *)im->errHost;
-        if (v)
-            return arnormFail(comm, arnormTimeout,
-                              "rank %d: a wait for rank %d timed out after %lld ms (the ranks' "
-                              "call sequences diverged, or rank %d stopped)",
-                              comm->rank, v - 1, comm->settings.timeoutMs, v - 1);
+    if (!im->errHost) return arnormSuccess;
+    volatile int *err = im->errHost;
+    const int v = err[0];
+    if (v >= ARNORM_KERR_MISMATCH) { /* check mode: a peer's call descriptor differed */
+        const int peer = v - ARNORM_KERR_MISMATCH;
+        const unsigned long long tokens =
+            (unsigned long long)(unsigned)err[1] | (unsigned long long)(unsigned)err[2] << 31;
+        return arnormFail(comm, arnormInvalidUsage,
+                          "check mode: rank %d called the %s op with tokens=%llu hidden=%u "
+                          "dtype=%u, rank %d with tokens=%llu hidden=%llu dtype=%d",
+                          peer, opName((unsigned)err[4] >> 8), tokens, (unsigned)err[3],
+                          (unsigned)err[4] & 0xffu, comm->rank, (unsigned long long)im->lastTokens,
+                          (unsigned long long)im->lastHidden, im->lastDtype);
     }
+    if (v)
+        return arnormFail(comm, arnormTimeout,
+                          "rank %d: a wait for rank %d timed out after %lld ms (the ranks' "
+                          "call sequences diverged, or rank %d stopped)",
+                          comm->rank, v - 1, comm->settings.timeoutMs, v - 1);
     return arnormSuccess;
 }
 
@@ -269,10 +284,9 @@ static arnormResult_t runLamport(struct arnormComm *comm, CudaImpl *im, arnormKA
         long long left = totalCount - r0 * base.hidden;
         k.count = nr * base.hidden < left ? nr * base.hidden : left;
         k.algo = algo;
-        k.clearHint = im->hostUsed[(im->hostCount + 2) % 3];
+        k.clearHint = im->hostPrevUsed;
         int e = arnormKLaunch(&k, stream);
-        im->hostUsed[im->hostCount % 3] = arnormKUsedBytes(algo, nr, k.hidden, k.dtype, n);
-        im->hostCount++;
+        im->hostPrevUsed = arnormKUsedBytes(algo, nr, k.hidden, k.dtype, n);
         if (e != 0)
             return arnormError(comm, arnormCudaError, "launching the %s kernel: %s",
                                algo == arnormKOneShot ? "one-shot" : "two-shot",
@@ -406,6 +420,51 @@ static arnormResult_t cudaAllReduce(struct arnormComm *comm, const void *send, v
     return r;
 }
 
+/*
+ * Check mode: a one-warp kernel swaps this call's descriptor with every peer through the
+ * workspace (bounded wait) and the host waits for it, so a mismatch fails the call on every
+ * rank before anything of it is enqueued; the cost is a stream synchronization per call.
+ * Skipped (once warned) while the stream is being captured, and without a workspace.
+ */
+static arnormResult_t cudaCheckCall(struct arnormComm *comm, int op, size_t tokens,
+                                    size_t hidden, int dtype, arnormStream_t stream) {
+    CudaImpl *im = comm->impl;
+    ARNORM_TRY(checkAsync(comm, im));
+    if (comm->nranks < 2 || !im->haveWorkspace) return arnormSuccess;
+    cudaStream_t s = (cudaStream_t)stream;
+    enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(s, &cap) != cudaSuccess) (void)cudaGetLastError();
+    if (cap != cudaStreamCaptureStatusNone) {
+        if (!im->warnedCapture)
+            arnormLog(ARNORM_LOG_WARN, "rank %d: check mode skips calls captured in a CUDA "
+                      "graph (it synchronizes the stream)", comm->rank);
+        im->warnedCapture = 1;
+        return arnormSuccess;
+    }
+    /* 31-bit words: none can hold the sentinel 0x80000000 */
+    const unsigned desc[4] = {(unsigned)(tokens & 0x7fffffffu),
+                              (unsigned)((tokens >> 31) & 0x7fffffffu),
+                              (unsigned)(hidden & 0x7fffffffu),
+                              (unsigned)dtype | (unsigned)op << 8};
+    im->lastTokens = tokens;
+    im->lastHidden = hidden;
+    im->lastDtype = dtype;
+    arnormKArgs k;
+    memset(&k, 0, sizeof k);
+    fillLamport(im, comm, &k);
+    int prev = deviceEnter(im->device);
+    int e = arnormKCheck(&k, desc, s);
+    cudaError_t se = e == 0 ? cudaStreamSynchronize(s) : cudaSuccess;
+    deviceRestore(prev, im->device);
+    if (e != 0)
+        return arnormError(comm, arnormCudaError, "launching the check-mode kernel: %s",
+                           cudaGetErrorString((cudaError_t)e));
+    if (se != cudaSuccess)
+        return arnormFail(comm, arnormCudaError, "check mode: cudaStreamSynchronize: %s",
+                          cudaGetErrorString(se));
+    return checkAsync(comm, im);
+}
+
 static arnormReason_t cudaPointerReason(struct arnormComm *comm, const void *ptr) {
     CudaImpl *im = comm->impl;
     struct cudaPointerAttributes attr;
@@ -447,7 +506,7 @@ static arnormResult_t cudaPollAsync(struct arnormComm *comm) {
 }
 
 static const arnormBackendOps cudaOps = {
-    "cuda", cudaFused, cudaAllReduce, cudaNorm, cudaPointerReason, NULL, cudaDestroy,
+    "cuda", cudaFused, cudaAllReduce, cudaNorm, cudaPointerReason, cudaCheckCall, cudaDestroy,
     cudaPollAsync,
 };
 
@@ -479,9 +538,6 @@ static arnormResult_t implBasics(struct arnormComm *comm, CudaImpl *im, int devi
     CU(comm, cudaStreamCreateWithFlags(&im->initStream, cudaStreamNonBlocking));
     CU(comm, cudaMalloc(&im->staging, 4096));
     arnormSettingsFinish(&comm->settings, arnormBackendCuda, comm->nranks, im->smMajor);
-    if (comm->settings.checkMode && comm->rank == 0)
-        arnormLog(ARNORM_LOG_WARN, "check mode (ARNORM_CHECK) is implemented on the CPU backend "
-                  "only; CUDA calls are not cross-checked");
     im->slotBytes = slotBytesFor(&comm->settings, comm->nranks);
     return arnormSuccess;
 }
@@ -588,7 +644,7 @@ static arnormResult_t setupMultiProcess(struct arnormComm *comm, CudaImpl *im) {
         return arnormSuccess;
     }
     im->haveWorkspace = 1;
-    comm->workspaceBytes = (size_t)(3 * im->slotBytes) + sizeof(arnormKCtrl);
+    comm->workspaceBytes = (size_t)(3 * im->slotBytes) + ARNORM_KCHECK_BYTES + sizeof(arnormKCtrl);
     return arnormSuccess;
 }
 
@@ -722,7 +778,7 @@ arnormResult_t arnormCudaInitAll(struct arnormComm **comms, int ndev, const int 
             if (peerOk && ndev >= 2) {
                 for (int j = 0; j < ndev; j++) ims[i]->peer[j] = ims[j]->buf;
                 ims[i]->haveWorkspace = 1;
-                comms[i]->workspaceBytes = (size_t)(3 * ims[i]->slotBytes) + sizeof(arnormKCtrl);
+                comms[i]->workspaceBytes = (size_t)(3 * ims[i]->slotBytes) + ARNORM_KCHECK_BYTES + sizeof(arnormKCtrl);
             } else {
                 cudaSetDevice(devs[i]);
                 freeWorkspace(ims[i]);

@@ -4,7 +4,7 @@
  *
  * Numerics (DESIGN.md section 1, src/numerics.h), bit for bit with the CPU backend:
  *   a = D(sum over ranks in rank order of float(partial)), -0.0 partials taken as +0.0
- *   h = D(a + residual)
+ *   h = D(a + residual)    (never -0.0: a is not, see docs/numerics.md)
  *   row tree: one block per row, S = arnormRowSlots(H) threads, thread t sums the squares
  *   of chunks t, t+S, ... (8 elements each, in order), xor butterfly in warps, then over
  *   the warp sums; var = total / H; s = 1 / sqrt(var + eps), correctly rounded
@@ -240,23 +240,41 @@ struct Waiter {
     unsigned int iter;
 };
 
-/* Spins until the Lamport chunk at p is written (or the wait fails). */
-template <typename T>
-__device__ __forceinline__ void spinChunk(Chunk<T> &c, const void *p, int peer, Waiter &w,
-                                          arnormKCtrl *ctrl) {
+/* Gives up on a wait: marks the communicator failed (later calls don't wait) and names
+ * `peer` in the host-mapped error word, first failure wins. */
+__device__ __forceinline__ void waitFail(Waiter &w, arnormKCtrl *ctrl, int peer) {
+    w.failed = 1;
+    *(volatile int *)&ctrl->failed = 1;
+    atomicCAS_system(w.errWord, 0, peer + 1);
+    __threadfence_system();
+}
+
+/*
+ * Spins until the Lamport chunks v[p] at base + p * stride, for every p in `mask`, are
+ * written (or the wait fails). All pending chunks are loaded together each round, so
+ * peers that arrive at once cost one memory round trip, not one per peer. v[p] comes
+ * from peer firstPeer + p (the name a timeout reports).
+ */
+template <typename T, int N>
+__device__ __forceinline__ void spinChunks(Chunk<T> (&v)[N], const char *base, long long stride,
+                                           unsigned mask, Waiter &w, arnormKCtrl *ctrl,
+                                           int firstPeer = 0) {
+    unsigned pending = mask;
     for (;;) {
-        loadChunkVolatile(c, p);
-        if (!hasSentinel(c) || w.failed) return;
+#pragma unroll
+        for (int p = 0; p < N; p++)
+            if (pending & (1u << p)) loadChunkVolatile(v[p], base + p * stride);
+#pragma unroll
+        for (int p = 0; p < N; p++)
+            if ((pending & (1u << p)) && !hasSentinel(v[p])) pending &= ~(1u << p);
+        if (!pending || w.failed) return;
         if ((++w.iter & 63u) == 0) {
             if (*(volatile const int *)&ctrl->failed) {
                 w.failed = 1;
                 return;
             }
             if (globalTimer() > w.deadline) {
-                w.failed = 1;
-                *(volatile int *)&ctrl->failed = 1;
-                atomicCAS_system(w.errWord, 0, peer + 1);
-                __threadfence_system();
+                waitFail(w, ctrl, firstPeer + __ffs(pending) - 1);
                 return;
             }
         }
@@ -286,11 +304,16 @@ __device__ __forceinline__ float rowTree(float v, float *red) {
 /*
  * Finishes one row whose pre-residual values come from `get(c, x)` (x already -0-mapped
  * floats of D values): h = D(x + residual) when addResidual, else h = x; stores h to
- * residualOut; when doNorm, reduces and stores normOut. All threads of the block call it.
+ * residualOut and hands each chunk of it to `put(c, h)` (the two-shot's all-gather);
+ * when doNorm, reduces and stores normOut. All threads of the block call it.
  */
-template <typename T, typename Get>
+struct NoPut {
+    template <typename C>
+    __device__ void operator()(long long, const C &) const {}
+};
+template <typename T, typename Get, typename Put>
 __device__ __forceinline__ void finishRow(const arnormKArgs &a, long long row, bool addResidual,
-                                          bool vec, float *red, Get get) {
+                                          bool vec, float *red, Get get, Put put) {
     const long long hidden = a.hidden;
     const long long nchunks = (hidden + 7) / 8;
     const int S = blockDim.x;
@@ -311,12 +334,11 @@ __device__ __forceinline__ void finishRow(const arnormKArgs &a, long long row, b
 #pragma unroll
             for (int i = 0; i < 8; i++) x[i] = roundTo<T>(__fadd_rn(x[i], getf(r, i)));
         }
-        if (a.residualOut) {
-            Chunk<T> o;
+        Chunk<T> o;
 #pragma unroll
-            for (int i = 0; i < 8; i++) setf(o, i, x[i]);
-            storeUser(a.residualOut, o, row, c, hidden, a.count, vec);
-        }
+        for (int i = 0; i < 8; i++) setf(o, i, x[i]);
+        if (a.residualOut) storeUser(a.residualOut, o, row, c, hidden, a.count, vec);
+        put(c, o);
         if (a.doNorm) {
             /* elements past the row end are +0.0: adding 0 * 0 leaves acc unchanged */
 #pragma unroll
@@ -396,64 +418,131 @@ __global__ void __launch_bounds__(1024) normKernel(const arnormKArgs a) {
             mapNegZero(in);
 #pragma unroll
             for (int i = 0; i < 8; i++) x[i] = getf(in, i);
-        });
+        }, NoPut());
     }
     __syncthreads();
     pdlTrigger();
 }
 
-/* Called at the end of a Lamport kernel: the last block to finish advances the rotation. */
-__device__ __forceinline__ void lamportAdvance(arnormKCtrl *ctrl, unsigned long long count,
-                                               int slot, long long used) {
-    __syncthreads();
+/*
+ * The rotation state a Lamport call works with, read once per block from the control
+ * block. Every block reads it at its start and then announces its arrival; block 0 moves
+ * the rotation on at its end, once every block has arrived. Nothing at the end of the call
+ * waits on a fence or an atomic's reply: the next kernel reads the new state only after this
+ * one completes (stream order, or griddepcontrol.wait under PDL).
+ */
+struct LamportState {
+    unsigned long long count; /* calls made before this one */
+    int slot;                 /* count % 3: this call's slot */
+    int clearSlot;            /* (count + 2) % 3: the previous call's slot */
+    long long clearBytes;     /* bytes the previous call used there */
+    unsigned long long keep[2]; /* ranges of them to leave alone (see arnormKCtrl) */
+    Waiter w;
+};
+
+__device__ __forceinline__ LamportState lamportBegin(const arnormKArgs &a) {
+    __shared__ unsigned long long sh[5];
+    arnormKCtrl *ctrl = a.ctrl;
     if (threadIdx.x == 0) {
-        __threadfence();
-        unsigned int prev = atomicAdd(&ctrl->done, 1u);
-        if (prev == gridDim.x - 1) {
-            ctrl->done = 0;
-            ctrl->used[slot] = (unsigned long long)used;
-            ctrl->count = count + 1;
-            __threadfence();
+        /* independent loads: one round trip */
+        sh[0] = *(volatile unsigned long long *)&ctrl->count;
+        sh[1] = *(volatile unsigned long long *)&ctrl->prevUsed;
+        sh[2] = (unsigned long long)*(volatile int *)&ctrl->failed;
+        sh[3] = *(volatile unsigned long long *)&ctrl->prevKeep[0];
+        sh[4] = *(volatile unsigned long long *)&ctrl->prevKeep[1];
+        /* release: the loads above are done before block 0 can see this arrival */
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(&ctrl->arrived) : "memory");
+    }
+    __syncthreads();
+    LamportState st;
+    st.count = sh[0];
+    st.slot = (int)(st.count % 3);
+    st.clearSlot = (int)((st.count + 2) % 3);
+    st.clearBytes = (long long)sh[1];
+    st.keep[0] = sh[3];
+    st.keep[1] = sh[4];
+    st.w.deadline = globalTimer() + (unsigned long long)a.timeoutNs;
+    st.w.ctrl = ctrl;
+    st.w.errWord = a.errWord;
+    st.w.failed = (int)sh[2];
+    st.w.iter = 0;
+    return st;
+}
+
+/* A range of a slot in the control block's packed form (16-byte units). */
+__device__ __forceinline__ unsigned long long keepRange(long long offset, long long bytes) {
+    return (unsigned long long)(offset / 16) << 32 | (unsigned long long)(bytes / 16);
+}
+
+/* Block 0, thread 0, at the end: once every block has read the state, advance it. `used`
+ * bytes of the slot may hold peers' data, except the two `keep` ranges. */
+__device__ __forceinline__ void lamportEnd(const arnormKArgs &a, LamportState &st,
+                                           long long used, unsigned long long keep0,
+                                           unsigned long long keep1) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    arnormKCtrl *ctrl = a.ctrl;
+    /* Blocks arrive at their start and the grid is co-resident, so this is short; the
+     * bound only keeps a broken launch from spinning forever. */
+    for (unsigned iter = 0;; iter++) {
+        unsigned arrived;
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(arrived) : "l"(&ctrl->arrived) : "memory");
+        if (arrived >= gridDim.x) break;
+        if ((iter & 63u) == 0 && globalTimer() > st.w.deadline) {
+            waitFail(st.w, ctrl, a.rank);
+            break;
         }
+    }
+    ctrl->arrived = 0;
+    ctrl->prevUsed = (unsigned long long)used;
+    ctrl->prevKeep[0] = keep0;
+    ctrl->prevKeep[1] = keep1;
+    ctrl->count = st.count + 1;
+}
+
+/* Clears what the previous call's peers wrote into a slot back to the sentinel, spread
+ * over the grid: `bytes` from the start, less the ranges in st.keep. */
+__device__ __forceinline__ void lamportClear(char *slotBase, const LamportState &st) {
+    const uint4 s = make_uint4(kSentinel, kSentinel, kSentinel, kSentinel);
+    const long long n = st.clearBytes / 16;
+    const unsigned long long k0 = st.keep[0] >> 32, n0 = st.keep[0] & 0xffffffffu;
+    const unsigned long long k1 = st.keep[1] >> 32, n1 = st.keep[1] & 0xffffffffu;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        if ((unsigned long long)i - k0 < n0 || (unsigned long long)i - k1 < n1) continue;
+        reinterpret_cast<uint4 *>(slotBase)[i] = s;
     }
 }
 
-/* Clears `bytes` of a slot back to the sentinel, spread over the grid. */
-__device__ __forceinline__ void lamportClear(char *slotBase, long long bytes) {
-    const uint4 s = make_uint4(kSentinel, kSentinel, kSentinel, kSentinel);
-    const long long n = bytes / 16;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x)
-        reinterpret_cast<uint4 *>(slotBase)[i] = s;
-}
-
-template <typename T, int N>
-__global__ void __launch_bounds__(1024) oneShotKernel(const arnormKArgs a) {
+/* MaxT: the block size the kernel is built for (see pickLamport). */
+template <typename T, int N, int MaxT>
+__global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
     __shared__ float red[33];
     pdlWait();
-    arnormKCtrl *ctrl = a.ctrl;
-    const unsigned long long count = *(volatile unsigned long long *)&ctrl->count;
-    const int slot = (int)(count % 3), clearSlot = (int)((count + 2) % 3);
-    const long long clearBytes = (long long)*(volatile unsigned long long *)&ctrl->used[clearSlot];
-    Waiter w;
-    w.deadline = globalTimer() + (unsigned long long)a.timeoutNs;
-    w.errWord = a.errWord;
-    w.failed = *(volatile int *)&ctrl->failed;
-    w.iter = 0;
-
     const bool vec = isVec(a);
     const long long hidden = a.hidden, nchunks = (hidden + 7) / 8;
+    const int rank = a.rank;
+    /* this thread's first chunk does not depend on the slot: load it while the control
+     * block is read */
+    Chunk<T> first;
+    if (blockIdx.x < a.rows && threadIdx.x < nchunks)
+        loadUser(first, a.input, blockIdx.x, threadIdx.x, hidden, a.count, vec);
+    LamportState st = lamportBegin(a);
+    if (st.w.failed) return; /* the communicator failed: write nothing, wait for nothing */
+    arnormKCtrl *ctrl = a.ctrl;
     const long long pitch = arnormKPitch(hidden, a.dtype);
     const long long region = a.rows * pitch;
-    const long long slotOff = (long long)slot * a.slotBytes;
-    const int rank = a.rank;
+    const long long slotOff = (long long)st.slot * a.slotBytes;
     constexpr long long cb = 8 * T::kSize;
+    char *mine = (char *)a.peerBuf[rank];
 
     /* 1. push this rank's rows into every peer's slot, region `rank` */
     for (long long row = blockIdx.x; row < a.rows; row += gridDim.x) {
         for (long long c = threadIdx.x; c < nchunks; c += blockDim.x) {
             Chunk<T> x;
-            loadUser(x, a.input, row, c, hidden, a.count, vec);
+            if (row == blockIdx.x && c == threadIdx.x)
+                x = first;
+            else
+                loadUser(x, a.input, row, c, hidden, a.count, vec);
             mapNegZero(x);
             const long long off = slotOff + rank * region + row * pitch + c * cb;
 #pragma unroll
@@ -462,23 +551,16 @@ __global__ void __launch_bounds__(1024) oneShotKernel(const arnormKArgs a) {
         }
     }
     /* 2. clear the slot the previous call read */
-    char *mine = (char *)a.peerBuf[rank];
-    lamportClear(mine + (long long)clearSlot * a.slotBytes, clearBytes);
+    lamportClear(mine + (long long)st.clearSlot * a.slotBytes, st);
 
     /* 3. wait, sum in rank order, residual, norm */
+    const unsigned peers = ((1u << N) - 1u) & ~(1u << rank);
     for (long long row = blockIdx.x; row < a.rows; row += gridDim.x) {
         finishRow<T>(a, row, a.residual != nullptr, vec, red, [&](long long c, float x[8]) {
             Chunk<T> v[N];
-#pragma unroll
-            for (int p = 0; p < N; p++) {
-                if (p == rank) {
-                    loadUser(v[p], a.input, row, c, hidden, a.count, vec);
-                    mapNegZero(v[p]);
-                } else {
-                    spinChunk(v[p], mine + slotOff + p * region + row * pitch + c * cb, p, w,
-                              ctrl);
-                }
-            }
+            loadUser(v[rank], a.input, row, c, hidden, a.count, vec); /* own: read in place */
+            mapNegZero(v[rank]);
+            spinChunks(v, mine + slotOff + row * pitch + c * cb, region, peers, st.w, ctrl);
 #pragma unroll
             for (int i = 0; i < 8; i++) {
                 float s = getf(v[0], i);
@@ -487,98 +569,151 @@ __global__ void __launch_bounds__(1024) oneShotKernel(const arnormKArgs a) {
                 s = roundTo<T>(s);
                 x[i] = s == 0.0f ? 0.0f : s; /* a rounded to -0.0 is taken as +0.0 */
             }
-        });
+        }, NoPut());
     }
-    lamportAdvance(ctrl, count, slot, (long long)N * region);
+    /* peers never write region `rank` of our slot */
+    lamportEnd(a, st, (long long)N * region, keepRange(rank * region, region), 0);
     pdlTrigger();
 }
 
-template <typename T, int N>
-__global__ void __launch_bounds__(1024) twoShotKernel(const arnormKArgs a) {
+/* The rank that owns `row` in the two-shot: the largest p with rows * p / n <= row. */
+__device__ __forceinline__ int ownerOf(long long row, long long rows, int n) {
+    int p = (int)((row * n) / rows);
+    while (p > 0 && rows * p / n > row) p--;
+    while (p < n - 1 && rows * (p + 1) / n <= row) p++;
+    return p;
+}
+
+template <typename T, int N, int MaxT>
+__global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     __shared__ float red[33];
     pdlWait();
-    arnormKCtrl *ctrl = a.ctrl;
-    const unsigned long long count = *(volatile unsigned long long *)&ctrl->count;
-    const int slot = (int)(count % 3), clearSlot = (int)((count + 2) % 3);
-    const long long clearBytes = (long long)*(volatile unsigned long long *)&ctrl->used[clearSlot];
-    Waiter w;
-    w.deadline = globalTimer() + (unsigned long long)a.timeoutNs;
-    w.errWord = a.errWord;
-    w.failed = *(volatile int *)&ctrl->failed;
-    w.iter = 0;
-
     const bool vec = isVec(a);
     const long long hidden = a.hidden, nchunks = (hidden + 7) / 8;
+    Chunk<T> first; /* as in the one-shot: loaded while the control block is read */
+    if (blockIdx.x < a.rows && threadIdx.x < nchunks)
+        loadUser(first, a.input, blockIdx.x, threadIdx.x, hidden, a.count, vec);
+    LamportState st = lamportBegin(a);
+    if (st.w.failed) return; /* as in the one-shot */
+    arnormKCtrl *ctrl = a.ctrl;
     const long long rows = a.rows;
     const long long pitch = arnormKPitch(hidden, a.dtype);
     const long long owned = (rows + N - 1) / N;
     const long long rsStride = owned * pitch;
     const long long agOff = (long long)N * rsStride;
-    const long long slotOff = (long long)slot * a.slotBytes;
+    const long long slotOff = (long long)st.slot * a.slotBytes;
     const int rank = a.rank;
     constexpr long long cb = 8 * T::kSize;
     char *mine = (char *)a.peerBuf[rank];
 
-    /* 1. reduce-scatter push: row i goes to its owner's region `rank` */
+    /* 1. reduce-scatter push: row i goes to its owner's region `rank`; this rank's own
+     * rows stay where they are (read in place in 3) */
+    const long long r0 = rows * rank / N, r1 = rows * (rank + 1) / N;
     for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
-        int p = (int)((row * N + N - 1) / rows); /* first p with rows*p/N >= row ... */
-        while (p > 0 && rows * p / N > row) p--;
-        while (p < N - 1 && rows * (p + 1) / N <= row) p++;
+        const int p = ownerOf(row, rows, N);
+        if (p == rank) continue;
         const long long j = row - rows * p / N;
         char *dst = (char *)a.peerBuf[p] + slotOff + rank * rsStride + j * pitch;
         for (long long c = threadIdx.x; c < nchunks; c += blockDim.x) {
             Chunk<T> x;
-            loadUser(x, a.input, row, c, hidden, a.count, vec);
+            if (row == blockIdx.x && c == threadIdx.x)
+                x = first;
+            else
+                loadUser(x, a.input, row, c, hidden, a.count, vec);
             mapNegZero(x);
             storeChunk(dst + c * cb, x);
         }
     }
     /* 2. clear the slot the previous call read */
-    lamportClear(mine + (long long)clearSlot * a.slotBytes, clearBytes);
+    lamportClear(mine + (long long)st.clearSlot * a.slotBytes, st);
 
-    /* 3. owned rows: sum in rank order, residual add, push h to every rank */
-    const long long r0 = rows * rank / N, r1 = rows * (rank + 1) / N;
+    /* 3. owned rows: sum in rank order, residual add, push h to every peer (all-gather),
+     * then finish the row here: no round trip through our own slot */
+    const unsigned peers = ((1u << N) - 1u) & ~(1u << rank);
     for (long long j = blockIdx.x; j < r1 - r0; j += gridDim.x) {
         const long long row = r0 + j;
-        for (long long c = threadIdx.x; c < nchunks; c += blockDim.x) {
-            Chunk<T> v[N];
+        const long long agRow = slotOff + agOff + row * pitch;
+        finishRow<T>(a, row, a.residual != nullptr, vec, red,
+            [&](long long c, float x[8]) {
+                Chunk<T> v[N];
+                loadUser(v[rank], a.input, row, c, hidden, a.count, vec);
+                mapNegZero(v[rank]);
+                spinChunks(v, mine + slotOff + j * pitch + c * cb, rsStride, peers, st.w, ctrl);
 #pragma unroll
-            for (int q = 0; q < N; q++)
-                spinChunk(v[q], mine + slotOff + q * rsStride + j * pitch + c * cb, q, w, ctrl);
-            Chunk<T> r;
-            if (a.residual) loadUser(r, a.residual, row, c, hidden, a.count, vec);
-            Chunk<T> o;
+                for (int i = 0; i < 8; i++) {
+                    float s = getf(v[0], i);
 #pragma unroll
-            for (int i = 0; i < 8; i++) {
-                float s = getf(v[0], i);
+                    for (int q = 1; q < N; q++) s = __fadd_rn(s, getf(v[q], i));
+                    s = roundTo<T>(s);
+                    x[i] = s == 0.0f ? 0.0f : s;
+                }
+            },
+            [&](long long c, const Chunk<T> &h) {
+                Chunk<T> o = h;
+                mapNegZero(o); /* a no-op (h is never -0.0), kept for the protocol's sake */
 #pragma unroll
-                for (int q = 1; q < N; q++) s = __fadd_rn(s, getf(v[q], i));
-                s = roundTo<T>(s);
-                if (s == 0.0f) s = 0.0f;
-                if (a.residual) s = roundTo<T>(__fadd_rn(s, getf(r, i)));
-                setf(o, i, s);
-            }
-            mapNegZero(o);
-            const long long off = slotOff + agOff + row * pitch + c * cb;
-#pragma unroll
-            for (int p = 0; p < N; p++) storeChunk((char *)a.peerBuf[p] + off, o);
-        }
+                for (int p = 0; p < N; p++)
+                    if (p != rank) storeChunk((char *)a.peerBuf[p] + agRow + c * cb, o);
+            });
     }
 
-    /* 4. every row: wait for h, store residualOut, norm */
-    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
-        int owner = (int)((row * N) / rows);
-        while (owner > 0 && rows * owner / N > row) owner--;
-        while (owner < N - 1 && rows * (owner + 1) / N <= row) owner++;
+    /* 4. the other ranks' rows: wait for h, store residualOut, norm */
+    const long long others = rows - (r1 - r0);
+    for (long long k = blockIdx.x; k < others; k += gridDim.x) {
+        const long long row = k < r0 ? k : k + (r1 - r0);
+        const int owner = ownerOf(row, rows, N);
         finishRow<T>(a, row, false, vec, red, [&](long long c, float x[8]) {
-            Chunk<T> v;
-            spinChunk(v, mine + slotOff + agOff + row * pitch + c * cb, owner, w, ctrl);
+            Chunk<T> v[1];
+            spinChunks(v, mine + slotOff + agOff + row * pitch + c * cb, 0, 1u, st.w, ctrl,
+                       owner);
 #pragma unroll
-            for (int i = 0; i < 8; i++) x[i] = getf(v, i);
-        });
+            for (int i = 0; i < 8; i++) x[i] = getf(v[0], i);
+        }, NoPut());
     }
-    lamportAdvance(ctrl, count, slot, agOff + rows * pitch);
+    /* peers never write our own reduce-scatter region nor our rows of the all-gather */
+    lamportEnd(a, st, agOff + rows * pitch, keepRange(rank * rsStride, rsStride),
+               keepRange(agOff + r0 * pitch, (r1 - r0) * pitch));
     pdlTrigger();
+}
+
+/* Check mode's descriptor exchange (one warp; see arnormKCheck). */
+__global__ void checkKernel(const arnormKArgs a, const uint4 desc) {
+    arnormKCtrl *ctrl = a.ctrl;
+    const int t = threadIdx.x, rank = a.rank;
+    const unsigned long long cc = *(volatile unsigned long long *)&ctrl->checkCount;
+    const long long area = 3 * a.slotBytes, pitch = ARNORM_CUDA_MAX_RANKS * 16;
+    char *mine = (char *)a.peerBuf[rank] + area;
+    const long long slot = (long long)(cc % 3), old = (long long)((cc + 2) % 3);
+    if (t < a.nranks && t != rank)
+        *reinterpret_cast<uint4 *>((char *)a.peerBuf[t] + area + slot * pitch + rank * 16) = desc;
+    if (t < ARNORM_CUDA_MAX_RANKS) /* the previous exchange's descriptors, all read */
+        *reinterpret_cast<uint4 *>(mine + old * pitch + t * 16) =
+            make_uint4(kSentinel, kSentinel, kSentinel, kSentinel);
+    if (t < a.nranks && t != rank && !*(volatile int *)&ctrl->failed) {
+        const unsigned long long deadline = globalTimer() + (unsigned long long)a.timeoutNs;
+        uint4 v;
+        for (;;) {
+            v = ldVolatile(mine + slot * pitch + t * 16);
+            if (v.x != kSentinel && v.y != kSentinel && v.z != kSentinel && v.w != kSentinel)
+                break;
+            if (globalTimer() > deadline) break;
+        }
+        const bool timedOut = v.x == kSentinel || v.y == kSentinel || v.z == kSentinel || v.w == kSentinel;
+        if (timedOut || v.x != desc.x || v.y != desc.y || v.z != desc.z || v.w != desc.w) {
+            *(volatile int *)&ctrl->failed = 1;
+            const int code = timedOut ? t + 1 : ARNORM_KERR_MISMATCH + t;
+            if (atomicCAS_system(a.errWord, 0, code) == 0 && !timedOut) {
+                volatile int *diag = a.errWord;
+                diag[1] = (int)v.x;
+                diag[2] = (int)v.y;
+                diag[3] = (int)v.z;
+                diag[4] = (int)v.w;
+            }
+            __threadfence_system();
+        }
+    }
+    __syncwarp();
+    if (t == 0) ctrl->checkCount = cc + 1;
 }
 
 __global__ void fillKernel(uint32_t *p, uint32_t v, size_t n) {
@@ -591,11 +726,16 @@ __global__ void fillKernel(uint32_t *p, uint32_t v, size_t n) {
 
 typedef void (*KernelFn)(const arnormKArgs);
 
+/* One-shot kernels of rows up to 4096 elements (S <= 512) use the 512-thread build: no
+ * register spills, the lowest latency. Two-shot kernels always use the 1024-thread build:
+ * its occupancy (two 512-thread blocks per SM) wins at large sizes (docs/performance.md). */
 template <typename T>
-KernelFn pickLamport(int algo, int n) {
+KernelFn pickLamport(int algo, int n, int threads) {
 #define ARNORM_K(NN)                                                                           \
     case NN:                                                                                   \
-        return algo == arnormKOneShot ? (KernelFn)oneShotKernel<T, NN> : (KernelFn)twoShotKernel<T, NN>;
+        if (algo == arnormKTwoShot) return (KernelFn)twoShotKernel<T, NN, 1024>;              \
+        return threads <= 512 ? (KernelFn)oneShotKernel<T, NN, 512>                           \
+                              : (KernelFn)oneShotKernel<T, NN, 1024>;
     switch (n) {
         ARNORM_K(2)
         ARNORM_K(3)
@@ -609,7 +749,7 @@ KernelFn pickLamport(int algo, int n) {
 #undef ARNORM_K
 }
 
-KernelFn pickKernel(int algo, int dtype, int n) {
+KernelFn pickKernel(int algo, int dtype, int n, int threads) {
     if (algo == arnormKNorm) {
         switch (dtype) {
         case 0: return normKernel<Bf16>;
@@ -619,9 +759,9 @@ KernelFn pickKernel(int algo, int dtype, int n) {
         }
     }
     switch (dtype) {
-    case 0: return pickLamport<Bf16>(algo, n);
-    case 1: return pickLamport<Fp16>(algo, n);
-    case 2: return pickLamport<Fp32>(algo, n);
+    case 0: return pickLamport<Bf16>(algo, n, threads);
+    case 1: return pickLamport<Fp16>(algo, n, threads);
+    case 2: return pickLamport<Fp32>(algo, n, threads);
     default: return nullptr;
     }
 }
@@ -649,9 +789,9 @@ extern "C" int arnormKLaunch(const arnormKArgs *a, void *stream) {
         return (int)cudaErrorInvalidValue;
     if (a->dtype < 0 || a->dtype > 2 || a->rows <= 0 || a->hidden <= 0)
         return (int)cudaErrorInvalidValue;
-    KernelFn fn = pickKernel(a->algo, a->dtype, n);
-    if (!fn) return (int)cudaErrorInvalidValue;
     const int threads = arnormRowSlots((size_t)a->hidden);
+    KernelFn fn = pickKernel(a->algo, a->dtype, n, threads);
+    if (!fn) return (int)cudaErrorInvalidValue;
     int occ = occupancy(fn, a->algo, a->dtype, n, threads);
     long long perSm = a->algo == arnormKNorm ? occ : (occ < 4 ? occ : 4);
     long long grid = (long long)a->smCount * perSm;
@@ -676,6 +816,12 @@ extern "C" int arnormKLaunch(const arnormKArgs *a, void *stream) {
     cfg.numAttrs = a->pdl ? 1 : 0;
     cudaError_t e = cudaLaunchKernelEx(&cfg, fn, *a);
     if (e != cudaSuccess) return (int)e;
+    return (int)cudaGetLastError();
+}
+
+extern "C" int arnormKCheck(const arnormKArgs *a, const unsigned int desc[4], void *stream) {
+    if (a->nranks < 2 || a->nranks > ARNORM_CUDA_MAX_RANKS) return (int)cudaErrorInvalidValue;
+    checkKernel<<<1, 32, 0, (cudaStream_t)stream>>>(*a, make_uint4(desc[0], desc[1], desc[2], desc[3]));
     return (int)cudaGetLastError();
 }
 

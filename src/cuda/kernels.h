@@ -41,12 +41,27 @@ enum { arnormKNorm = 0, arnormKOneShot = 1, arnormKTwoShot = 2 };
 
 /* Per-rank control block (device memory, zeroed at init). */
 typedef struct {
-    unsigned long long count;   /* Lamport calls made: slot = count % 3 */
-    unsigned long long used[3]; /* bytes of each slot the call that last wrote it used */
-    unsigned int done;          /* blocks of the running call that finished */
-    int failed;                 /* a wait timed out: later calls don't wait any more */
-    unsigned long long pad[10];
+    unsigned long long count;    /* Lamport calls made: slot = count % 3 */
+    unsigned long long prevUsed; /* bytes of its slot the last call used (the next clears them) */
+    unsigned long long prevKeep[2]; /* within them, ranges peers never wrote (this rank's own
+                                       regions, never written either): offset << 32 | bytes
+                                       in 16-byte units; the clear skips them */
+    unsigned int arrived;        /* blocks of the running call that have read the above */
+    int failed;                  /* a wait timed out or shapes differed: later kernels write
+                                    nothing and wait for nothing */
+    unsigned long long checkCount; /* check-mode exchanges made: check slot = checkCount % 3 */
+    unsigned long long pad[9];
 } arnormKCtrl;
+
+/*
+ * Check mode: after the 3 Lamport slots, each rank's workspace holds ARNORM_KCHECK_BYTES of
+ * call descriptors, [3 check slots][ARNORM_CUDA_MAX_RANKS ranks] x 16 bytes, sentinel-filled
+ * and rotated like the data slots. The error word (host-mapped, 16 ints) holds
+ *   [0] 0, 1 + the peer a wait timed out on, or ARNORM_KERR_MISMATCH + the peer whose
+ *       descriptor differed; [1..4] that peer's descriptor.
+ */
+#define ARNORM_KCHECK_BYTES 4096
+#define ARNORM_KERR_MISMATCH 100
 
 typedef struct {
     /* tensors (already offset to the chunk) */
@@ -98,6 +113,12 @@ ARNORM_KHD long long arnormKUsedBytes(int algo, long long rows, long long hidden
 
 /* Launches one call; returns a cudaError_t (0 = success). */
 int arnormKLaunch(const arnormKArgs *args, void *stream);
+
+/* Check mode: pushes `desc` (4 words, none with bit 31 set) to every peer, waits (bounded)
+ * for theirs and compares; a mismatch or timeout fails the communicator on the device
+ * (ctrl->failed, the error word). Uses peerBuf, ctrl, errWord, slotBytes, timeoutNs, rank,
+ * nranks of `args`. Returns a cudaError_t. */
+int arnormKCheck(const arnormKArgs *args, const unsigned int desc[4], void *stream);
 
 /* Fills `words` 32-bit words at p with `value` (stream-ordered). */
 int arnormKFill32(void *p, unsigned int value, size_t words, void *stream);

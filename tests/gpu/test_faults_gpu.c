@@ -5,8 +5,10 @@
  * Rank 0's next call: the kernel's bounded spin ends (timeoutMs = 1000), the stream
  * synchronizes within a few seconds, arnormCommGetAsyncError reports the failure naming
  * rank 1, later calls are refused at once, and arnormCommAbort returns.
+ *   shape: check mode on; after a good call, rank 1 calls with 4 tokens, rank 0 with 8
+ *          -> both calls fail with arnormInvalidUsage naming the other rank and its
+ *          shape, both ranks' outputs are untouched, later calls are refused.
  * Without 2 GPUs: prints SKIP and exits 77.
- * (Written in session 1 after its last device call: not yet run on a GPU.)
  */
 #define _GNU_SOURCE
 #include <cuda_runtime.h>
@@ -40,19 +42,55 @@ typedef struct {
     cudaStream_t stream;
 } devBufs;
 
-static arnormResult_t call(arnormComm_t comm, devBufs *d) {
+static arnormResult_t callT(arnormComm_t comm, devBufs *d, size_t tokens) {
     return arnormAllReduceResidualRMSNorm(d->partial, d->residual, d->resOut, d->normOut,
-                                          d->weight, arnormBfloat16, 1e-6f, 1.0f, T, H,
+                                          d->weight, arnormBfloat16, 1e-6f, 1.0f, tokens, H,
                                           arnormBfloat16, comm, d->stream);
+}
+static arnormResult_t call(arnormComm_t comm, devBufs *d) { return callT(comm, d, T); }
+
+/* Check mode: rank 1 calls with fewer tokens than rank 0. */
+static int shapeMismatch(int rank, arnormComm_t comm, devBufs *d) {
+    static uint16_t before[2][N], after[2][N];
+    CK(cudaMemsetAsync(d->resOut, 0xff, N * 2, d->stream));
+    CK(cudaMemsetAsync(d->normOut, 0xff, N * 2, d->stream));
+    CK(cudaMemcpyAsync(before[0], d->resOut, N * 2, cudaMemcpyDeviceToHost, d->stream));
+    CK(cudaMemcpyAsync(before[1], d->normOut, N * 2, cudaMemcpyDeviceToHost, d->stream));
+    CK(cudaStreamSynchronize(d->stream));
+    double t0 = nowMs();
+    arnormResult_t r = callT(comm, d, rank == 1 ? T / 2 : T);
+    double ms = nowMs() - t0;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", arnormGetLastError(comm));
+    CK(cudaStreamSynchronize(d->stream));
+    CK(cudaMemcpy(after[0], d->resOut, N * 2, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(after[1], d->normOut, N * 2, cudaMemcpyDeviceToHost));
+    printf("  shape, rank %d: call %s after %.1f ms: %s\n", rank, arnormGetErrorString(r), ms, msg);
+    TU_CHECK(r == arnormInvalidUsage, "rank %d: a shape mismatch gave %s", rank,
+             arnormGetErrorString(r));
+    char want[64];
+    snprintf(want, sizeof want, "check mode: rank %d called the fused op with tokens=%d", 1 - rank,
+             rank ? T : T / 2);
+    TU_CHECK(strstr(msg, want), "message does not name the peer and its shape: %s", msg);
+    TU_CHECK(!memcmp(before, after, sizeof before), "rank %d: outputs were touched", rank);
+    arnormResult_t async = arnormSuccess;
+    TU_OK(arnormCommGetAsyncError(comm, &async));
+    TU_CHECK(async == arnormInvalidUsage, "async error %s", arnormGetErrorString(async));
+    TU_CHECK(call(comm, d) != arnormSuccess, "a comm in error state accepted a call");
+    t0 = nowMs();
+    arnormCommAbort(comm);
+    TU_CHECK(nowMs() - t0 < 2000, "abort took %.0f ms", nowMs() - t0);
+    return 0;
 }
 
 static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void *arg) {
     (void)shared;
-    const int scenario = *(const int *)arg; /* 0 skip, 1 kill */
+    const int scenario = *(const int *)arg; /* 0 skip, 1 kill, 2 shape */
     CK(cudaSetDevice(rank));
     arnormConfig_t cfg = ARNORM_CONFIG_INITIALIZER;
     cfg.backend = arnormBackendCuda;
     cfg.timeoutMs = 1000;
+    cfg.checkMode = scenario == 2;
     arnormComm_t comm;
     TU_OK(arnormCommInitRank(&comm, nranks, id, rank, &cfg));
     devBufs d;
@@ -66,6 +104,7 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
     CK(cudaStreamCreate(&d.stream));
     TU_OK(call(comm, &d));
     CK(cudaStreamSynchronize(d.stream));
+    if (scenario == 2) return shapeMismatch(rank, comm, &d);
     if (rank == 1) {
         if (scenario == 1) raise(SIGKILL);
         struct timespec s = {4, 0}; /* skip: stay alive, make no call */
@@ -103,10 +142,11 @@ int main(void) {
     }
     tuSeed();
     int failed = 0;
-    for (int scenario = 0; scenario < 2; scenario++) {
+    static const char *names[3] = {"rank skips calls", "rank killed", "shapes differ (check mode)"};
+    for (int scenario = 0; scenario < 3; scenario++) {
         tuKilledRank = scenario == 1 ? 1 : -1;
         int rc = tuLaunch(2, rankMain, &scenario, 0, 60);
-        printf("%s: %s\n", scenario ? "rank killed" : "rank skips calls", rc ? "FAIL" : "ok");
+        printf("%s: %s\n", names[scenario], rc ? "FAIL" : "ok");
         failed |= rc;
     }
     printf("%s\n", failed ? "FAILED" : "PASSED");
