@@ -590,33 +590,38 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     pdlWait();
     const bool vec = isVec(a);
     const long long hidden = a.hidden, nchunks = (hidden + 7) / 8;
+    const long long rows = a.rows;
+    const int rank = a.rank;
+    const long long r0 = rows * rank / N, r1 = rows * (rank + 1) / N;
+    /* stage 1 walks the rows starting at the next rank's share (see there) */
+    const long long firstRow = (blockIdx.x + r1) % rows;
     Chunk<T> first; /* as in the one-shot: loaded while the control block is read */
-    if (blockIdx.x < a.rows && threadIdx.x < nchunks)
-        loadUser(first, a.input, blockIdx.x, threadIdx.x, hidden, a.count, vec);
+    if (blockIdx.x < rows && threadIdx.x < nchunks)
+        loadUser(first, a.input, firstRow, threadIdx.x, hidden, a.count, vec);
     LamportState st = lamportBegin(a);
     if (st.w.failed) return; /* as in the one-shot */
     arnormKCtrl *ctrl = a.ctrl;
-    const long long rows = a.rows;
     const long long pitch = arnormKPitch(hidden, a.dtype);
     const long long owned = (rows + N - 1) / N;
     const long long rsStride = owned * pitch;
     const long long agOff = (long long)N * rsStride;
     const long long slotOff = (long long)st.slot * a.slotBytes;
-    const int rank = a.rank;
     constexpr long long cb = 8 * T::kSize;
     char *mine = (char *)a.peerBuf[rank];
 
     /* 1. reduce-scatter push: row i goes to its owner's region `rank`; this rank's own
-     * rows stay where they are (read in place in 3) */
-    const long long r0 = rows * rank / N, r1 = rows * (rank + 1) / N;
-    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
+     * rows stay where they are (read in place in 3). Rank r starts with rank r+1's rows,
+     * then r+2's, ...: at any moment the ranks push to different owners instead of all
+     * to rank 0 first (no incast at TP >= 3). */
+    for (long long k = blockIdx.x; k < rows; k += gridDim.x) {
+        const long long row = (k + r1) % rows;
         const int p = ownerOf(row, rows, N);
         if (p == rank) continue;
         const long long j = row - rows * p / N;
         char *dst = (char *)a.peerBuf[p] + slotOff + rank * rsStride + j * pitch;
         for (long long c = threadIdx.x; c < nchunks; c += blockDim.x) {
             Chunk<T> x;
-            if (row == blockIdx.x && c == threadIdx.x)
+            if (k == blockIdx.x && c == threadIdx.x)
                 x = first;
             else
                 loadUser(x, a.input, row, c, hidden, a.count, vec);
