@@ -42,8 +42,10 @@
  * until the configured timeout, after which every waiting call fails with arnormTimeout
  * or arnormRemoteError and the communicator stays in that error state. A failed call may
  * have written the rows it finished before the failure (rows are processed in order);
- * the others are untouched. Check mode (config.checkMode, CPU backend) verifies the shapes
- * of every call across ranks instead of leaving a mismatch undefined.
+ * the others are untouched. Check mode (config.checkMode) verifies the shapes of every
+ * call across ranks instead of leaving a mismatch undefined: a mismatch fails the call on
+ * every rank with arnormInvalidUsage before anything is written. On CUDA it synchronizes
+ * the stream once per call and skips calls being captured into a graph.
  *
  * Thread safety: a communicator is used by one thread at a time.
  */
@@ -172,7 +174,7 @@ typedef struct {
                                                                     ARNORM_TIMEOUT_MS */
     int usePdl;           /* CUDA sm_90+: programmatic dependent launch (default 1) ARNORM_PDL */
     int checkMode;        /* 1: verify every call's shape matches across ranks (costs a
-                             round trip; default 0)                 ARNORM_CHECK */
+                             round trip; CUDA: a stream sync; default 0) ARNORM_CHECK */
 } arnormConfig_t;
 
 #define ARNORM_CONFIG_INITIALIZER                                                        \
