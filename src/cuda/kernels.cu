@@ -513,6 +513,29 @@ __device__ __forceinline__ void lamportClear(char *slotBase, const LamportState 
     }
 }
 
+/*
+ * a = D(sum in rank order) of chunk c of `row`: this rank's partial read in place from the
+ * user tensor, every peer p's from base + p * stride in our slot once it has arrived; a
+ * sum that rounds to -0.0 is taken as +0.0 (docs/numerics.md).
+ */
+template <typename T, int N>
+__device__ __forceinline__ void sumRanks(float x[8], const arnormKArgs &a, long long row,
+                                         long long c, bool vec, const char *base,
+                                         long long stride, Waiter &w) {
+    Chunk<T> v[N];
+    loadUser(v[a.rank], a.input, row, c, a.hidden, a.count, vec);
+    mapNegZero(v[a.rank]);
+    spinChunks(v, base, stride, ((1u << N) - 1u) & ~(1u << a.rank), w, a.ctrl);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        float s = getf(v[0], i);
+#pragma unroll
+        for (int p = 1; p < N; p++) s = __fadd_rn(s, getf(v[p], i));
+        s = roundTo<T>(s);
+        x[i] = s == 0.0f ? 0.0f : s;
+    }
+}
+
 /* MaxT: the block size the kernel is built for (see pickLamport). */
 template <typename T, int N, int MaxT>
 __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
@@ -528,7 +551,6 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
         loadUser(first, a.input, blockIdx.x, threadIdx.x, hidden, a.count, vec);
     LamportState st = lamportBegin(a);
     if (st.w.failed) return; /* the communicator failed: write nothing, wait for nothing */
-    arnormKCtrl *ctrl = a.ctrl;
     const long long pitch = arnormKPitch(hidden, a.dtype);
     const long long region = a.rows * pitch;
     const long long slotOff = (long long)st.slot * a.slotBytes;
@@ -554,21 +576,10 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
     lamportClear(mine + (long long)st.clearSlot * a.slotBytes, st);
 
     /* 3. wait, sum in rank order, residual, norm */
-    const unsigned peers = ((1u << N) - 1u) & ~(1u << rank);
     for (long long row = blockIdx.x; row < a.rows; row += gridDim.x) {
         finishRow<T>(a, row, a.residual != nullptr, vec, red, [&](long long c, float x[8]) {
-            Chunk<T> v[N];
-            loadUser(v[rank], a.input, row, c, hidden, a.count, vec); /* own: read in place */
-            mapNegZero(v[rank]);
-            spinChunks(v, mine + slotOff + row * pitch + c * cb, region, peers, st.w, ctrl);
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                float s = getf(v[0], i);
-#pragma unroll
-                for (int p = 1; p < N; p++) s = __fadd_rn(s, getf(v[p], i));
-                s = roundTo<T>(s);
-                x[i] = s == 0.0f ? 0.0f : s; /* a rounded to -0.0 is taken as +0.0 */
-            }
+            sumRanks<T, N>(x, a, row, c, vec, mine + slotOff + row * pitch + c * cb, region,
+                           st.w);
         }, NoPut());
     }
     /* peers never write region `rank` of our slot */
@@ -634,24 +645,13 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
 
     /* 3. owned rows: sum in rank order, residual add, push h to every peer (all-gather),
      * then finish the row here: no round trip through our own slot */
-    const unsigned peers = ((1u << N) - 1u) & ~(1u << rank);
     for (long long j = blockIdx.x; j < r1 - r0; j += gridDim.x) {
         const long long row = r0 + j;
         const long long agRow = slotOff + agOff + row * pitch;
         finishRow<T>(a, row, a.residual != nullptr, vec, red,
             [&](long long c, float x[8]) {
-                Chunk<T> v[N];
-                loadUser(v[rank], a.input, row, c, hidden, a.count, vec);
-                mapNegZero(v[rank]);
-                spinChunks(v, mine + slotOff + j * pitch + c * cb, rsStride, peers, st.w, ctrl);
-#pragma unroll
-                for (int i = 0; i < 8; i++) {
-                    float s = getf(v[0], i);
-#pragma unroll
-                    for (int q = 1; q < N; q++) s = __fadd_rn(s, getf(v[q], i));
-                    s = roundTo<T>(s);
-                    x[i] = s == 0.0f ? 0.0f : s;
-                }
+                sumRanks<T, N>(x, a, row, c, vec, mine + slotOff + j * pitch + c * cb, rsStride,
+                               st.w);
             },
             [&](long long c, const Chunk<T> &h) {
                 Chunk<T> o = h;

@@ -71,6 +71,10 @@ size_t tuCheck(const tuProblem *p, const void *residualOut, const void *normOut,
 arnormComm_t tuInitCpu(int rank, int nranks, arnormUniqueId id, long long timeoutMs,
                        int checkMode);
 
+/* Monotonic clock in milliseconds; this process's resident memory in KiB. */
+double tuNowMs(void);
+long tuRssKb(void);
+
 /* Rounds a double to the storage type once (round to nearest even, via round-to-odd). */
 double tuRoundTo(double x, arnormDataType_t t);
 double tuLoad(const void *buf, size_t i, arnormDataType_t t);

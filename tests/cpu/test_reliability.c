@@ -20,12 +20,6 @@ typedef struct {
     int scenario;
 } scenarioArg;
 
-static double nowMs(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
 typedef struct {
     uint16_t partial[N], residual[N], resOut[N], normOut[N], weight[H];
 } bufs;
@@ -52,12 +46,12 @@ static int expectFailure(arnormComm_t comm, bufs *b, arnormResult_t r, arnormRes
     arnormResult_t async;
     TU_OK(arnormCommGetAsyncError(comm, &async));
     TU_CHECK(async == want, "async error %s", arnormGetErrorString(async));
-    double t0 = nowMs();
+    double t0 = tuNowMs();
     TU_CHECK(call(comm, b, T, H) == want, "a comm in error state accepted a call");
-    TU_CHECK(nowMs() - t0 < 50, "a refused call waited");
-    t0 = nowMs();
+    TU_CHECK(tuNowMs() - t0 < 50, "a refused call waited");
+    t0 = tuNowMs();
     TU_OK(arnormCommAbort(comm));
-    TU_CHECK(nowMs() - t0 < 100, "abort took %.0f ms", nowMs() - t0);
+    TU_CHECK(tuNowMs() - t0 < 100, "abort took %.0f ms", tuNowMs() - t0);
     printf("  rank failed as expected in %.0f ms: %s\n", ms, m);
     return 0;
 }
@@ -82,12 +76,12 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
         for (int i = 0; i < 3; i++) TU_OK(call(comm, &b, T, H));
         if (rank == nranks - 1) raise(SIGKILL);
         freshBufs(&b, rank);
-        double t0 = nowMs();
+        double t0 = tuNowMs();
         arnormResult_t r = call(comm, &b, T, H);
         char name[32];
         snprintf(name, sizeof name, "rank %d", nranks - 1);
         /* the dead rank's pid is checked while waiting; peers of peers see the flag */
-        return expectFailure(comm, &b, r, arnormRemoteError, "rank", nowMs() - t0, 5000);
+        return expectFailure(comm, &b, r, arnormRemoteError, "rank", tuNowMs() - t0, 5000);
     }
     case 1: { /* a rank that skips one call: the others time out naming it (the first to
                  time out flags the group, the rest fail at once with a remote error) */
@@ -96,12 +90,12 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
         for (int i = 0; i < 5; i++) {
             if (rank == 1 && i == 2) continue;
             freshBufs(&b, rank);
-            double t0 = nowMs();
+            double t0 = tuNowMs();
             arnormResult_t r = call(comm, &b, T, H);
             if (r != arnormSuccess && i == 4)
                 return expectFailure(comm, &b, r, r == arnormTimeout ? arnormTimeout
                                                                       : arnormRemoteError,
-                                     "from rank 1", nowMs() - t0, 3000);
+                                     "from rank 1", tuNowMs() - t0, 3000);
             TU_CHECK(r == arnormSuccess, "rank %d call %d: %s", rank, i, arnormGetLastError(comm));
         }
         TU_CHECK(rank == 1, "rank %d's last call should have failed", rank);
@@ -130,10 +124,10 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
         return 0;
     }
     case 4: { /* allocation failure injected on one rank: every rank gets an error */
-        double t0 = nowMs();
+        double t0 = tuNowMs();
         arnormComm_t comm = tuInitCpu(rank, nranks, id, 5000, 0);
         TU_CHECK(!comm, "init succeeded despite a failed rank");
-        TU_CHECK(nowMs() - t0 < 4000, "init failure took %.0f ms", nowMs() - t0);
+        TU_CHECK(tuNowMs() - t0 < 4000, "init failure took %.0f ms", tuNowMs() - t0);
         printf("  rank %d: init refused: %s\n", rank, arnormGetLastError(NULL));
         return 0;
     }
@@ -147,9 +141,9 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
             return 0;
         }
         freshBufs(&b, rank);
-        double t0 = nowMs();
+        double t0 = tuNowMs();
         arnormResult_t r = call(comm, &b, T, H);
-        return expectFailure(comm, &b, r, arnormRemoteError, "aborted", nowMs() - t0, 3000);
+        return expectFailure(comm, &b, r, arnormRemoteError, "aborted", tuNowMs() - t0, 3000);
     }
     case 6: { /* a workspace larger than /dev/shm can hold: a clear error on every rank */
         arnormConfig_t cfg = ARNORM_CONFIG_INITIALIZER;

@@ -16,22 +16,6 @@
 
 enum { H = 512, MAXT = 8 };
 
-static long rssKb(void) {
-    long pages = 0, rss = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (f) {
-        if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0;
-        fclose(f);
-    }
-    return rss * (sysconf(_SC_PAGESIZE) / 1024);
-}
-
-static double nowUs(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
-}
-
 static long calls = 1000000;
 
 static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void *arg) {
@@ -50,7 +34,7 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
         TU_CHECK(tuCheck(&p[t], golden[t][0], golden[t][1], NULL) == 0, "T=%d wrong", t);
     }
     const long window = calls / 100 < 10000 ? calls / 100 : 10000;
-    double tStart = 0, tEnd = 0, t0 = nowUs();
+    double tStart = 0, tEnd = 0, t0 = (tuNowMs() * 1e3);
     long rss0 = 0, checks = 0;
     uint64_t rng = 12345;
     for (long i = 0; i < calls; i++) {
@@ -66,13 +50,13 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
             checks++;
         }
         if (i == window - 1) {
-            tStart = (nowUs() - t0) / window;
-            rss0 = rssKb();
+            tStart = ((tuNowMs() * 1e3) - t0) / window;
+            rss0 = tuRssKb();
         }
-        if (i == calls - window) t0 = nowUs();
+        if (i == calls - window) t0 = (tuNowMs() * 1e3);
     }
-    tEnd = (nowUs() - t0) / window;
-    long rss1 = rssKb();
+    tEnd = ((tuNowMs() * 1e3) - t0) / window;
+    long rss1 = tuRssKb();
     if (rank == 0)
         printf("%ld calls, %ld bitwise checks: time per call %.2f us (first %ld) -> %.2f us "
                "(last %ld); RSS %ld KiB -> %ld KiB\n", calls, checks, tStart, window, tEnd,

@@ -31,22 +31,6 @@ static long calls = 1000000;
         TU_CHECK(e_ == cudaSuccess, "%s: %s", #call, cudaGetErrorString(e_));             \
     } while (0)
 
-static long rssKb(void) {
-    long pages = 0, rss = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (f) {
-        if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0;
-        fclose(f);
-    }
-    return rss * (sysconf(_SC_PAGESIZE) / 1024);
-}
-
-static double nowUs(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
-}
-
 typedef struct {
     tuProblem p;
     void *part, *res, *weight; /* device copies of this rank's inputs */
@@ -128,25 +112,25 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
         }
         if (i == window - 1) { /* warm-up done */
             CK(cudaStreamSynchronize(stream));
-            t0 = nowUs();
+            t0 = (tuNowMs() * 1e3);
         }
         if (i == 2 * window - 1) {
             CK(cudaStreamSynchronize(stream));
-            tStart = (nowUs() - t0) / window;
+            tStart = ((tuNowMs() * 1e3) - t0) / window;
         }
         if (check && checks == 1) {
-            rss0 = rssKb();
+            rss0 = tuRssKb();
             CK(cudaMemGetInfo(&free0, &total));
         }
-        if (check && checks == (calls / 100000 + 1) / 2) rssMid = rssKb();
+        if (check && checks == (calls / 100000 + 1) / 2) rssMid = tuRssKb();
         if (i == calls - window - 1) {
             CK(cudaStreamSynchronize(stream));
-            t0 = nowUs();
+            t0 = (tuNowMs() * 1e3);
         }
     }
     CK(cudaStreamSynchronize(stream));
-    tEnd = (nowUs() - t0) / window;
-    long rss1 = rssKb();
+    tEnd = ((tuNowMs() * 1e3) - t0) / window;
+    long rss1 = tuRssKb();
     if (rssMid == 0) rssMid = rss0; /* a short run: one check */
     CK(cudaMemGetInfo(&free1, &total));
     arnormResult_t async = arnormSuccess;
