@@ -520,12 +520,14 @@ __device__ __forceinline__ void lamportClear(char *slotBase, const LamportState 
  */
 template <typename T, int N>
 __device__ __forceinline__ void sumRanks(float x[8], const arnormKArgs &a, long long row,
-                                         long long c, bool vec, const char *base,
-                                         long long stride, Waiter &w) {
+                                         long long c, long long hidden, bool vec, int rank,
+                                         unsigned peers,
+                                         const char *base, long long stride, Waiter &w,
+                                         arnormKCtrl *ctrl) {
     Chunk<T> v[N];
-    loadUser(v[a.rank], a.input, row, c, a.hidden, a.count, vec);
-    mapNegZero(v[a.rank]);
-    spinChunks(v, base, stride, ((1u << N) - 1u) & ~(1u << a.rank), w, a.ctrl);
+    loadUser(v[rank], a.input, row, c, hidden, a.count, vec);
+    mapNegZero(v[rank]);
+    spinChunks(v, base, stride, peers, w, ctrl);
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         float s = getf(v[0], i);
@@ -551,6 +553,7 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
         loadUser(first, a.input, blockIdx.x, threadIdx.x, hidden, a.count, vec);
     LamportState st = lamportBegin(a);
     if (st.w.failed) return; /* the communicator failed: write nothing, wait for nothing */
+    arnormKCtrl *ctrl = a.ctrl;
     const long long pitch = arnormKPitch(hidden, a.dtype);
     const long long region = a.rows * pitch;
     const long long slotOff = (long long)st.slot * a.slotBytes;
@@ -576,10 +579,11 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
     lamportClear(mine + (long long)st.clearSlot * a.slotBytes, st);
 
     /* 3. wait, sum in rank order, residual, norm */
+    const unsigned peers = ((1u << N) - 1u) & ~(1u << rank);
     for (long long row = blockIdx.x; row < a.rows; row += gridDim.x) {
         finishRow<T>(a, row, a.residual != nullptr, vec, red, [&](long long c, float x[8]) {
-            sumRanks<T, N>(x, a, row, c, vec, mine + slotOff + row * pitch + c * cb, region,
-                           st.w);
+            sumRanks<T, N>(x, a, row, c, hidden, vec, rank, peers, mine + slotOff + row * pitch + c * cb,
+                           region, st.w, ctrl);
         }, NoPut());
     }
     /* peers never write region `rank` of our slot */
@@ -645,13 +649,14 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
 
     /* 3. owned rows: sum in rank order, residual add, push h to every peer (all-gather),
      * then finish the row here: no round trip through our own slot */
+    const unsigned peers = ((1u << N) - 1u) & ~(1u << rank);
     for (long long j = blockIdx.x; j < r1 - r0; j += gridDim.x) {
         const long long row = r0 + j;
         const long long agRow = slotOff + agOff + row * pitch;
         finishRow<T>(a, row, a.residual != nullptr, vec, red,
             [&](long long c, float x[8]) {
-                sumRanks<T, N>(x, a, row, c, vec, mine + slotOff + j * pitch + c * cb, rsStride,
-                               st.w);
+                sumRanks<T, N>(x, a, row, c, hidden, vec, rank, peers, mine + slotOff + j * pitch + c * cb,
+                               rsStride, st.w, ctrl);
             },
             [&](long long c, const Chunk<T> &h) {
                 Chunk<T> o = h;
