@@ -34,6 +34,10 @@ static inline uint32_t bf16Bits(uint32_t u) {
 #define F32_LOAD(p, i) (((const float *)(p))[i])
 #define F32_ROUND(f) (f)
 #define F32_STORE(p, i, f) (((float *)(p))[i] = (f))
+/* Stores of values already rounded to the storage type: bf16 keeps the upper half as is. */
+#define BF16_STORE_EXACT(p, i, f) (((uint16_t *)(p))[i] = (uint16_t)(arnormFloatBits(f) >> 16))
+#define F16_STORE_EXACT F16_STORE
+#define F32_STORE_EXACT F32_STORE
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef int v8i __attribute__((vector_size(32)));
@@ -118,12 +122,12 @@ static inline __attribute__((always_inline)) float rowSumSquares(const float *h,
         for (size_t i = 0; i < H; i++) {                                                     \
             float v = ROUND(ROUND(SUM) + LOAD(a->residual, base + i));                      \
             h[i] = v;                                                                        \
-            STORE(a->residualOut, base + i, v);                                             \
+            STORE##_EXACT(a->residualOut, base + i, v);                                     \
         }                                                                                    \
     } else {                                                                                 \
         for (size_t i = 0; i < H; i++) h[i] = ROUND(SUM);                                    \
         if (a->residualOut)                                                                  \
-            for (size_t i = 0; i < H; i++) STORE(a->residualOut, base + i, h[i]);           \
+            for (size_t i = 0; i < H; i++) STORE##_EXACT(a->residualOut, base + i, h[i]);   \
     }
 
 #define DEFINE_FINISH(NAME, LOAD, ROUND, STORE)                                              \
