@@ -145,6 +145,17 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
         arnormResult_t r = call(comm, &b, T, H);
         return expectFailure(comm, &b, r, arnormRemoteError, "aborted", tuNowMs() - t0, 3000);
     }
+    case 7: { /* an unreachable peer: the last rank never joins; the others' init ends at
+                 the bound with an error, nothing is left behind */
+        if (rank == nranks - 1) return 0;
+        double t0 = tuNowMs();
+        arnormComm_t comm = tuInitCpu(rank, nranks, id, 1000, 0);
+        const double ms = tuNowMs() - t0;
+        TU_CHECK(!comm, "init succeeded without rank %d", nranks - 1);
+        TU_CHECK(ms < 4000, "init failure took %.0f ms (bound 1000 ms)", ms);
+        printf("  rank %d: init refused after %.0f ms: %s\n", rank, ms, arnormGetLastError(NULL));
+        return 0;
+    }
     case 6: { /* a workspace larger than /dev/shm can hold: a clear error on every rank */
         arnormConfig_t cfg = ARNORM_CONFIG_INITIALIZER;
         cfg.backend = arnormBackendCpu;
@@ -182,10 +193,10 @@ int main(void) {
                                   "token count differs (check mode)",
                                   "hidden size differs (check mode)",
                                   "allocation fails on one rank", "rank aborts",
-                                  "/dev/shm too small"};
+                                  "/dev/shm too small", "a rank never joins (unreachable peer)"};
     const int before = countSegments();
     int failed = 0;
-    for (int s = 0; s < 7; s++)
+    for (int s = 0; s < 8; s++)
         for (int world = 2; world <= 4; world += 2) {
             printf("%s, world %d\n", names[s], world);
             fflush(stdout);
