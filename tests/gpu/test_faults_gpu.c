@@ -20,16 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gpu_probe.h"
+#include "gpu_test.h"
 #include "testutil.h"
 
 enum { T = 8, H = 4096, N = T * H };
-
-#define CK(call)                                                                           \
-    do {                                                                                   \
-        cudaError_t e_ = (call);                                                           \
-        TU_CHECK(e_ == cudaSuccess, "%s: %s", #call, cudaGetErrorString(e_));             \
-    } while (0)
 
 typedef struct {
     void *partial, *residual, *resOut, *normOut, *weight;
@@ -46,19 +40,19 @@ static arnormResult_t call(arnormComm_t comm, devBufs *d) { return callT(comm, d
 /* Check mode: rank 1 calls with fewer tokens than rank 0. */
 static int shapeMismatch(int rank, arnormComm_t comm, devBufs *d) {
     static uint16_t before[2][N], after[2][N];
-    CK(cudaMemsetAsync(d->resOut, 0xff, N * 2, d->stream));
-    CK(cudaMemsetAsync(d->normOut, 0xff, N * 2, d->stream));
-    CK(cudaMemcpyAsync(before[0], d->resOut, N * 2, cudaMemcpyDeviceToHost, d->stream));
-    CK(cudaMemcpyAsync(before[1], d->normOut, N * 2, cudaMemcpyDeviceToHost, d->stream));
-    CK(cudaStreamSynchronize(d->stream));
+    TU_CUDA(cudaMemsetAsync(d->resOut, 0xff, N * 2, d->stream));
+    TU_CUDA(cudaMemsetAsync(d->normOut, 0xff, N * 2, d->stream));
+    TU_CUDA(cudaMemcpyAsync(before[0], d->resOut, N * 2, cudaMemcpyDeviceToHost, d->stream));
+    TU_CUDA(cudaMemcpyAsync(before[1], d->normOut, N * 2, cudaMemcpyDeviceToHost, d->stream));
+    TU_CUDA(cudaStreamSynchronize(d->stream));
     double t0 = tuNowMs();
     arnormResult_t r = callT(comm, d, rank == 1 ? T / 2 : T);
     double ms = tuNowMs() - t0;
     char msg[512];
     snprintf(msg, sizeof msg, "%s", arnormGetLastError(comm));
-    CK(cudaStreamSynchronize(d->stream));
-    CK(cudaMemcpy(after[0], d->resOut, N * 2, cudaMemcpyDeviceToHost));
-    CK(cudaMemcpy(after[1], d->normOut, N * 2, cudaMemcpyDeviceToHost));
+    TU_CUDA(cudaStreamSynchronize(d->stream));
+    TU_CUDA(cudaMemcpy(after[0], d->resOut, N * 2, cudaMemcpyDeviceToHost));
+    TU_CUDA(cudaMemcpy(after[1], d->normOut, N * 2, cudaMemcpyDeviceToHost));
     printf("  shape, rank %d: call %s after %.1f ms: %s\n", rank, arnormGetErrorString(r), ms, msg);
     TU_CHECK(r == arnormInvalidUsage, "rank %d: a shape mismatch gave %s", rank,
              arnormGetErrorString(r));
@@ -80,7 +74,7 @@ static int shapeMismatch(int rank, arnormComm_t comm, devBufs *d) {
 static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void *arg) {
     (void)shared;
     const int scenario = *(const int *)arg; /* 0 skip, 1 kill, 2 shape */
-    CK(cudaSetDevice(rank));
+    TU_CUDA(cudaSetDevice(rank));
     arnormConfig_t cfg = ARNORM_CONFIG_INITIALIZER;
     cfg.backend = arnormBackendCuda;
     cfg.timeoutMs = 1000;
@@ -91,13 +85,13 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
     static uint16_t host[N];
     void **bufs[5] = {&d.partial, &d.residual, &d.resOut, &d.normOut, &d.weight};
     for (int i = 0; i < 5; i++) {
-        CK(cudaMalloc(bufs[i], N * 2));
+        TU_CUDA(cudaMalloc(bufs[i], N * 2));
         tuFill(host, N, arnormBfloat16, tuMix(tuSeed(), (uint64_t)(i * 8 + rank)), 1.0);
-        CK(cudaMemcpy(*bufs[i], host, N * 2, cudaMemcpyHostToDevice));
+        TU_CUDA(cudaMemcpy(*bufs[i], host, N * 2, cudaMemcpyHostToDevice));
     }
-    CK(cudaStreamCreate(&d.stream));
+    TU_CUDA(cudaStreamCreate(&d.stream));
     TU_OK(call(comm, &d));
-    CK(cudaStreamSynchronize(d.stream));
+    TU_CUDA(cudaStreamSynchronize(d.stream));
     if (scenario == 2) return shapeMismatch(rank, comm, &d);
     if (rank == 1) {
         if (scenario == 1) raise(SIGKILL);

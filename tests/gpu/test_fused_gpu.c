@@ -28,7 +28,7 @@
 #include <unistd.h>
 
 #include "arnorm.h"
-#include "gpu_probe.h"
+#include "gpu_test.h"
 #include "testutil.h"
 
 #define MAXW 8

@@ -18,18 +18,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gpu_probe.h"
+#include "gpu_test.h"
 #include "testutil.h"
 
 enum { H = 4096, NT = 16 };
 static const size_t kTokens[NT] = {1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128, 129, 256, 512, 1024};
 static long calls = 1000000;
-
-#define CK(call)                                                                           \
-    do {                                                                                   \
-        cudaError_t e_ = (call);                                                           \
-        TU_CHECK(e_ == cudaSuccess, "%s: %s", #call, cudaGetErrorString(e_));             \
-    } while (0)
 
 typedef struct {
     tuProblem p;
@@ -40,17 +34,17 @@ typedef struct {
 static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void *arg) {
     (void)shared;
     (void)arg;
-    CK(cudaSetDevice(rank));
+    TU_CUDA(cudaSetDevice(rank));
     arnormConfig_t cfg = ARNORM_CONFIG_INITIALIZER;
     cfg.backend = arnormBackendCuda;
     arnormComm_t comm;
     TU_OK(arnormCommInitRank(&comm, nranks, id, rank, &cfg));
     cudaStream_t stream;
-    CK(cudaStreamCreate(&stream));
+    TU_CUDA(cudaStreamCreate(&stream));
     const size_t maxBytes = 1024 * H * 2;
     void *dRes, *dNorm;
-    CK(cudaMalloc(&dRes, maxBytes));
-    CK(cudaMalloc(&dNorm, maxBytes));
+    TU_CUDA(cudaMalloc(&dRes, maxBytes));
+    TU_CUDA(cudaMalloc(&dNorm, maxBytes));
     uint16_t *hRes = malloc(maxBytes), *hNorm = malloc(maxBytes);
     TU_CHECK(hRes && hNorm, "host alloc");
     memset(hRes, 0, maxBytes); /* resident before the first RSS reading */
@@ -60,12 +54,12 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
         const size_t T = kTokens[k], bytes = T * H * 2;
         TU_CHECK(!tuProblemMake(&s[k].p, nranks, T, H, arnormBfloat16, arnormBfloat16, 1.0f,
                                 tuMix(tuSeed(), (uint64_t)T)), "alloc");
-        CK(cudaMalloc(&s[k].part, bytes));
-        CK(cudaMalloc(&s[k].res, bytes));
-        CK(cudaMalloc(&s[k].weight, H * 2));
-        CK(cudaMemcpy(s[k].part, s[k].p.partials[rank], bytes, cudaMemcpyHostToDevice));
-        CK(cudaMemcpy(s[k].res, s[k].p.residual, bytes, cudaMemcpyHostToDevice));
-        CK(cudaMemcpy(s[k].weight, s[k].p.weight, H * 2, cudaMemcpyHostToDevice));
+        TU_CUDA(cudaMalloc(&s[k].part, bytes));
+        TU_CUDA(cudaMalloc(&s[k].res, bytes));
+        TU_CUDA(cudaMalloc(&s[k].weight, H * 2));
+        TU_CUDA(cudaMemcpy(s[k].part, s[k].p.partials[rank], bytes, cudaMemcpyHostToDevice));
+        TU_CUDA(cudaMemcpy(s[k].res, s[k].p.residual, bytes, cudaMemcpyHostToDevice));
+        TU_CUDA(cudaMemcpy(s[k].weight, s[k].p.weight, H * 2, cudaMemcpyHostToDevice));
         s[k].golden[0] = malloc(bytes);
         s[k].golden[1] = malloc(bytes);
         TU_CHECK(s[k].golden[0] && s[k].golden[1], "host alloc");
@@ -77,12 +71,12 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
     /* one poisoned, fully checked call per shape: the golden results */
     for (int k = 0; k < NT; k++) {
         const size_t bytes = kTokens[k] * H * 2;
-        CK(cudaMemsetAsync(dRes, 0xff, bytes, stream));
-        CK(cudaMemsetAsync(dNorm, 0xff, bytes, stream));
+        TU_CUDA(cudaMemsetAsync(dRes, 0xff, bytes, stream));
+        TU_CUDA(cudaMemsetAsync(dNorm, 0xff, bytes, stream));
         TU_OK(CALL(k));
-        CK(cudaMemcpyAsync(s[k].golden[0], dRes, bytes, cudaMemcpyDeviceToHost, stream));
-        CK(cudaMemcpyAsync(s[k].golden[1], dNorm, bytes, cudaMemcpyDeviceToHost, stream));
-        CK(cudaStreamSynchronize(stream));
+        TU_CUDA(cudaMemcpyAsync(s[k].golden[0], dRes, bytes, cudaMemcpyDeviceToHost, stream));
+        TU_CUDA(cudaMemcpyAsync(s[k].golden[1], dNorm, bytes, cudaMemcpyDeviceToHost, stream));
+        TU_CUDA(cudaStreamSynchronize(stream));
         double err = 0;
         size_t bad = tuCheck(&s[k].p, s[k].golden[0], s[k].golden[1], &err);
         TU_CHECK(bad == 0, "T=%zu: %zu elements wrong (max err %.2f x tol)", kTokens[k], bad, err);
@@ -98,41 +92,41 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
         const size_t bytes = kTokens[k] * H * 2;
         const int check = i % 100000 == 99999 || i == calls - 1;
         if (check) {
-            CK(cudaMemsetAsync(dRes, 0xff, bytes, stream));
-            CK(cudaMemsetAsync(dNorm, 0xff, bytes, stream));
+            TU_CUDA(cudaMemsetAsync(dRes, 0xff, bytes, stream));
+            TU_CUDA(cudaMemsetAsync(dNorm, 0xff, bytes, stream));
         }
         TU_OK(CALL(k));
         if (check) {
-            CK(cudaMemcpyAsync(hRes, dRes, bytes, cudaMemcpyDeviceToHost, stream));
-            CK(cudaMemcpyAsync(hNorm, dNorm, bytes, cudaMemcpyDeviceToHost, stream));
-            CK(cudaStreamSynchronize(stream));
+            TU_CUDA(cudaMemcpyAsync(hRes, dRes, bytes, cudaMemcpyDeviceToHost, stream));
+            TU_CUDA(cudaMemcpyAsync(hNorm, dNorm, bytes, cudaMemcpyDeviceToHost, stream));
+            TU_CUDA(cudaStreamSynchronize(stream));
             TU_CHECK(!memcmp(hRes, s[k].golden[0], bytes) && !memcmp(hNorm, s[k].golden[1], bytes),
                      "call %ld (T=%zu) differs from the first result", i, kTokens[k]);
             checks++;
         }
         if (i == window - 1) { /* warm-up done */
-            CK(cudaStreamSynchronize(stream));
+            TU_CUDA(cudaStreamSynchronize(stream));
             t0 = (tuNowMs() * 1e3);
         }
         if (i == 2 * window - 1) {
-            CK(cudaStreamSynchronize(stream));
+            TU_CUDA(cudaStreamSynchronize(stream));
             tStart = ((tuNowMs() * 1e3) - t0) / window;
         }
         if (check && checks == 1) {
             rss0 = tuRssKb();
-            CK(cudaMemGetInfo(&free0, &total));
+            TU_CUDA(cudaMemGetInfo(&free0, &total));
         }
         if (check && checks == (calls / 100000 + 1) / 2) rssMid = tuRssKb();
         if (i == calls - window - 1) {
-            CK(cudaStreamSynchronize(stream));
+            TU_CUDA(cudaStreamSynchronize(stream));
             t0 = (tuNowMs() * 1e3);
         }
     }
-    CK(cudaStreamSynchronize(stream));
+    TU_CUDA(cudaStreamSynchronize(stream));
     tEnd = ((tuNowMs() * 1e3) - t0) / window;
     long rss1 = tuRssKb();
     if (rssMid == 0) rssMid = rss0; /* a short run: one check */
-    CK(cudaMemGetInfo(&free1, &total));
+    TU_CUDA(cudaMemGetInfo(&free1, &total));
     arnormResult_t async = arnormSuccess;
     TU_OK(arnormCommGetAsyncError(comm, &async));
     TU_CHECK(async == arnormSuccess, "async error: %s", arnormGetLastError(comm));
