@@ -187,9 +187,11 @@ void arnormSettingsFinish(arnormSettings *s, arnormBackend_t backend, int nranks
     s->backend = backend;
     if (s->fuseMaxBytes < 0) s->fuseMaxBytes = arnormDefaultFuseMaxBytes(backend, nranks, smMajor);
     if (backend == arnormBackendCpu) {
-        /* The CPU backend has one fused protocol (one-shot); chunks of 256 KiB keep the
-           shared segment small (3 x nranks slots per rank). */
-        if (s->oneShotMaxBytes < 0) s->oneShotMaxBytes = s->fuseMaxBytes;
+        /* CPU: the two-shot wins as soon as every rank owns a row (it splits the row
+           arithmetic between the cores; docs/performance.md), so the one-shot only serves
+           calls of fewer rows than ranks. Chunks of 256 KiB keep the shared segment small
+           ((3 x nranks + 3) x 256 KiB per rank). */
+        if (s->oneShotMaxBytes < 0) s->oneShotMaxBytes = 0;
         if (s->workspaceBytes < 0) s->workspaceBytes = 256LL << 10;
     } else {
         if (s->oneShotMaxBytes < 0) s->oneShotMaxBytes = nranks == 2 ? (1LL << 20) : (256LL << 10);

@@ -63,8 +63,11 @@ void arnormDispatch(struct arnormComm *comm, const void *const *ptrs, int nptrs,
     if (forced)
         info->algo = (arnormAlgo_t)s->algo;
     else
-        info->algo = (long long)(tokens * rowBytes) <= s->oneShotMaxBytes ? arnormAlgoOneShot
-                                                                          : arnormAlgoTwoShot;
+        /* the CPU two-shot shares rows out: it needs one per rank */
+        info->algo = (long long)(tokens * rowBytes) <= s->oneShotMaxBytes ||
+                             (s->backend == arnormBackendCpu && tokens < (size_t)comm->nranks)
+                         ? arnormAlgoOneShot
+                         : arnormAlgoTwoShot;
 }
 
 arnormResult_t arnormCanFuse(arnormComm_t comm, const void *ptr, size_t tokens, size_t hidden,

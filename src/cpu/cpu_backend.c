@@ -1,8 +1,9 @@
 /*
  * cpu_backend.c - ranks are processes on one host, buffers are one POSIX shared segment.
  *
- * Segment: a header (attach count, pids, failure flag, barrier counters, call descriptors)
- * then one area per rank: 3 Lamport slots x nranks senders x W bytes, and a W-byte stage.
+ * Segment: a header (attach count, pids, failure flag, barrier counters, call descriptors,
+ * gather epochs) then one area per rank: 3 Lamport slots x nranks senders x W bytes, a
+ * W-byte stage, and a 2W-byte gather area.
  *
  * Fused one-shot (Lamport, the GPU protocol): a call k pushes its partial into slot k % 3
  * of every peer's area (-0.0 sent as +0.0; a rank's own data is read in place), then, a few
@@ -11,6 +12,14 @@
  * clears what it read back to the sentinel while it is in cache. No barrier: a peer writes
  * the slot again only at call k + 3. (The GPU defers the clear to call k + 1, since its
  * blocks cannot see each other finish; one CPU thread reads the whole slot.)
+ * Fused two-shot (tokens >= nranks): the rows are shared out as on the GPU (rank p owns
+ * rows [T*p/N, T*(p+1)/N)). Each rank pushes every peer only the rows that peer owns (the
+ * same Lamport slots, compact), finishes its own rows exactly as the one-shot does, copies
+ * their residual_out and norm_out into its gather area and publishes them with a release
+ * store of its gather epoch; the others copy them out. The arithmetic is split between the
+ * ranks instead of repeated on each; the bits are the one-shot's. The gather area is
+ * rewritten only at a later call, after this rank has received that call's rows from every
+ * peer, which each peer pushes only once it has finished (and copied out) this call.
  * Fallback: stage, barrier, sum, barrier (all-reduce), then norm.
  * Every wait is bounded (settings.timeoutMs), watches the failure flag and peers' pids.
  */
@@ -59,6 +68,8 @@ typedef struct {
     _Atomic int32_t initState[CPU_MAX_RANKS]; /* 0 pending, 1 ready, 2 failed */
     paddedCounter arrive[CPU_MAX_RANKS];      /* barrier epochs, monotonic (no ABA) */
     callDesc desc[CPU_MAX_RANKS];             /* check mode */
+    paddedCounter gathered[CPU_MAX_RANKS];    /* two-shot: 1 + the Lamport call whose rows
+                                                 the rank's gather area holds */
 } segHeader;
 
 enum { CLASS16 = 0, CLASS32 = 1 };
@@ -87,6 +98,8 @@ static inline uint64_t *lamportSlot(cpuComm *c, int owner, int slot, int sender)
 static inline char *stage(cpuComm *c, int owner) {
     return c->areas + (size_t)owner * c->areaBytes + (size_t)3 * c->N * c->W;
 }
+
+static inline char *gatherArea(cpuComm *c, int owner) { return stage(c, owner) + c->W; }
 
 /* ------------------------------------------------------------------ bounded waits */
 
@@ -228,8 +241,9 @@ typedef struct {
     size_t cleared;
 } lamportCall;
 
-/* Pushes n elements of `src` into slot k % 3 of every peer's area. */
-static arnormResult_t lamportBegin(struct arnormComm *comm, const void *src, size_t n,
+/* Sets up call k on this rank: the slot, and where the senders' data will be: own data
+ * (`own`, n elements) in place, each peer's in this rank's slot. */
+static arnormResult_t lamportSetup(struct arnormComm *comm, const void *own, size_t n,
                                    int dtype, lamportCall *lc) {
     cpuComm *c = impl(comm);
     lc->cls = dtype == arnormFloat32 ? CLASS32 : CLASS16;
@@ -237,14 +251,27 @@ static arnormResult_t lamportBegin(struct arnormComm *comm, const void *src, siz
     lc->slot = (int)(c->calls % 3);
     lc->bytes = (n * arnormDtypeSize((arnormDataType_t)dtype) + 63) / 64 * 64;
     lc->cleared = 0;
-    for (int i = 1; i < c->N; i++) { /* start with the next rank: spreads the traffic */
-        int p = (c->rank + i) % c->N;
-        pushWords(lamportSlot(c, p, lc->slot, c->rank), src, n, lc->cls, lc->bytes);
-    }
     for (int q = 0; q < c->N; q++) {
-        lc->senders[q] = q == c->rank ? src : (const void *)lamportSlot(c, c->rank, lc->slot, q);
+        lc->senders[q] = q == c->rank ? own : (const void *)lamportSlot(c, c->rank, lc->slot, q);
         lc->ready[q] = q == c->rank ? lc->bytes : 0;
     }
+    return arnormSuccess;
+}
+
+/* Pushes n elements of `src` into this call's slot of peer p's area. */
+static void lamportPush(cpuComm *c, const lamportCall *lc, int p, const void *src, size_t n,
+                        int dtype) {
+    const size_t bytes = (n * arnormDtypeSize((arnormDataType_t)dtype) + 63) / 64 * 64;
+    pushWords(lamportSlot(c, p, lc->slot, c->rank), src, n, lc->cls, bytes);
+}
+
+/* One-shot: pushes n elements of `src` into slot k % 3 of every peer's area. */
+static arnormResult_t lamportBegin(struct arnormComm *comm, const void *src, size_t n,
+                                   int dtype, lamportCall *lc) {
+    cpuComm *c = impl(comm);
+    ARNORM_TRY(lamportSetup(comm, src, n, dtype, lc));
+    for (int i = 1; i < c->N; i++) /* start with the next rank: spreads the traffic */
+        lamportPush(c, lc, (c->rank + i) % c->N, src, n, dtype);
     return arnormSuccess;
 }
 
@@ -344,6 +371,77 @@ static arnormResult_t cpuAllReduce(struct arnormComm *comm, const void *send, vo
     return stagedAllReduce(comm, send, recv, count, dtype);
 }
 
+/* Finishes rows [r0 + lo, r0 + lo + n) of the call from the senders' rows in lc (row 0 of
+ * each sender = row r0 + lo), a few KiB at a time: wait for those rows, sum them in rank
+ * order straight from the slots, add the residual, normalize, clear what was read. */
+static arnormResult_t finishReceived(struct arnormComm *comm, const arnormNormArgs *a,
+                                     lamportCall *lc, size_t row0, size_t n) {
+    cpuComm *c = impl(comm);
+    const size_t rowBytes = a->hidden * arnormDtypeSize((arnormDataType_t)a->dtype);
+    const size_t step = rowBytes >= 4096 ? 1 : 4096 / rowBytes;
+    for (size_t r = 0; r < n; r += step) {
+        const size_t m = n - r < step ? n - r : step;
+        ARNORM_TRY(lamportAwait(comm, lc, (r + m) * rowBytes));
+        const void *rows[CPU_MAX_RANKS];
+        for (int q = 0; q < c->N; q++) rows[q] = (const char *)lc->senders[q] + r * rowBytes;
+        arnormCpuFinishRows(rows, c->N, a, row0 + r, m, &c->rows);
+        lamportRelease(comm, lc, (r + m) * rowBytes);
+    }
+    return arnormSuccess;
+}
+
+/* One-shot over rows [r0, r0 + nr): every rank finishes every row. */
+static arnormResult_t oneShotChunk(struct arnormComm *comm, const arnormNormArgs *a, size_t r0,
+                                   size_t nr) {
+    const size_t rowBytes = a->hidden * arnormDtypeSize((arnormDataType_t)a->dtype);
+    lamportCall lc;
+    ARNORM_TRY(lamportBegin(comm, (const char *)a->input + r0 * rowBytes, nr * a->hidden,
+                            a->dtype, &lc));
+    ARNORM_TRY(finishReceived(comm, a, &lc, r0, nr));
+    lamportEnd(comm, &lc);
+    return arnormSuccess;
+}
+
+/* Two-shot over rows [r0, r0 + nr), nr >= N: rank p owns rows r0 + [nr*p/N, nr*(p+1)/N). */
+static arnormResult_t twoShotChunk(struct arnormComm *comm, const arnormNormArgs *a, size_t r0,
+                                   size_t nr) {
+    cpuComm *c = impl(comm);
+    const int N = c->N, me = c->rank;
+    const size_t es = arnormDtypeSize((arnormDataType_t)a->dtype), rowBytes = a->hidden * es;
+    const char *in = (const char *)a->input;
+#define OWNED_LO(p) (nr * (size_t)(p) / (size_t)N)
+    const size_t lo = OWNED_LO(me), n = OWNED_LO(me + 1) - lo;
+    lamportCall lc;
+    ARNORM_TRY(lamportSetup(comm, in + (r0 + lo) * rowBytes, n * a->hidden, a->dtype, &lc));
+    const uint64_t call = c->calls; /* this call's index: the gather epoch is call + 1 */
+    for (int i = 1; i < N; i++) { /* each peer gets the rows it owns, next rank first */
+        const int p = (me + i) % N;
+        lamportPush(c, &lc, p, in + (r0 + OWNED_LO(p)) * rowBytes,
+                    (OWNED_LO(p + 1) - OWNED_LO(p)) * a->hidden, a->dtype);
+    }
+    ARNORM_TRY(finishReceived(comm, a, &lc, r0 + lo, n));
+    /* publish our rows: residual_out then norm_out, n rows each */
+    char *g = gatherArea(c, me);
+    if (a->residualOut) memcpy(g, (const char *)a->residualOut + (r0 + lo) * rowBytes, n * rowBytes);
+    memcpy(g + n * rowBytes, (const char *)a->normOut + (r0 + lo) * rowBytes, n * rowBytes);
+    atomic_store_explicit(&c->hdr->gathered[me].v, call + 1, memory_order_release);
+    lamportEnd(comm, &lc);
+    /* copy out the others' rows, next rank first */
+    for (int i = 1; i < N; i++) {
+        const int p = (me + i) % N;
+        const size_t plo = OWNED_LO(p), pn = OWNED_LO(p + 1) - plo;
+        waitState w = {0};
+        while (atomic_load_explicit(&c->hdr->gathered[p].v, memory_order_acquire) < call + 1)
+            ARNORM_TRY(waitTick(comm, &w, p, "its finished rows"));
+        const char *pg = gatherArea(c, p);
+        if (a->residualOut)
+            memcpy((char *)a->residualOut + (r0 + plo) * rowBytes, pg, pn * rowBytes);
+        memcpy((char *)a->normOut + (r0 + plo) * rowBytes, pg + pn * rowBytes, pn * rowBytes);
+    }
+#undef OWNED_LO
+    return arnormSuccess;
+}
+
 static arnormResult_t cpuFused(struct arnormComm *comm, const arnormNormArgs *a,
                                arnormAlgo_t algo, arnormStream_t stream) {
     cpuComm *c = impl(comm);
@@ -354,31 +452,27 @@ static arnormResult_t cpuFused(struct arnormComm *comm, const arnormNormArgs *a,
         n.input = a->normOut;
         return cpuNorm(comm, &n, stream);
     }
-    /* One-shot (two-shot is a GPU protocol; here it runs as one-shot), chunked by rows. */
     const size_t es = arnormDtypeSize((arnormDataType_t)a->dtype);
-    const size_t rowsPerChunk = c->W / (a->hidden * es);
-    if (rowsPerChunk == 0)
-        return arnormError(comm, arnormInternalError, "row of %zu bytes exceeds the %zu-byte "
-                           "workspace slot", a->hidden * es, c->W);
-    arnormCpuPrepareWeight(a, &c->rows);
     const size_t rowBytes = a->hidden * es;
-    for (size_t r0 = 0; r0 < a->tokens; r0 += rowsPerChunk) {
-        size_t nr = a->tokens - r0 < rowsPerChunk ? a->tokens - r0 : rowsPerChunk;
-        lamportCall lc;
-        ARNORM_TRY(lamportBegin(comm, (const char *)a->input + r0 * rowBytes, nr * a->hidden,
-                                a->dtype, &lc));
-        /* the fused step, a few KiB at a time: wait for those rows, sum them in rank order
-           straight from the slots, add the residual, normalize, clear what was read */
-        const size_t step = rowBytes >= 4096 ? 1 : 4096 / rowBytes;
-        for (size_t r = 0; r < nr; r += step) {
-            const size_t m = nr - r < step ? nr - r : step;
-            ARNORM_TRY(lamportAwait(comm, &lc, (r + m) * rowBytes));
-            const void *rows[CPU_MAX_RANKS];
-            for (int q = 0; q < c->N; q++) rows[q] = (const char *)lc.senders[q] + r * rowBytes;
-            arnormCpuFinishRows(rows, c->N, a, r0 + r, m, &c->rows);
-            lamportRelease(comm, &lc, (r + m) * rowBytes);
+    if (rowBytes > c->W)
+        return arnormError(comm, arnormInternalError, "row of %zu bytes exceeds the %zu-byte "
+                           "workspace slot", rowBytes, c->W);
+    arnormCpuPrepareWeight(a, &c->rows);
+    /* Chunks: a one-shot one fits a slot (W bytes); a two-shot one needs a row per rank,
+     * and each rank's share fits a slot and half the gather area. A two-shot call's last
+     * rows, fewer than the ranks, go through the one-shot. */
+    const size_t oneShotRows = c->W / rowBytes, twoShotRows = (size_t)c->N * oneShotRows;
+    for (size_t r0 = 0; r0 < a->tokens;) {
+        const size_t left = a->tokens - r0;
+        size_t nr;
+        if (algo == arnormAlgoTwoShot && left >= (size_t)c->N) {
+            nr = left < twoShotRows ? left : twoShotRows;
+            ARNORM_TRY(twoShotChunk(comm, a, r0, nr));
+        } else {
+            nr = left < oneShotRows ? left : oneShotRows;
+            ARNORM_TRY(oneShotChunk(comm, a, r0, nr));
         }
-        lamportEnd(comm, &lc);
+        r0 += nr;
     }
     return arnormSuccess;
 }
@@ -484,7 +578,7 @@ arnormResult_t arnormCpuInit(struct arnormComm *comm, const arnormIdPayload *id)
     arnormSettingsFinish(&comm->settings, arnormBackendCpu, comm->nranks, 0);
     const size_t W = ((size_t)comm->settings.workspaceBytes + 63) / 64 * 64;
     const size_t hdrBytes = (sizeof(segHeader) + 4095) / 4096 * 4096;
-    const size_t areaBytes = (size_t)(3 * comm->nranks + 1) * W;
+    const size_t areaBytes = (size_t)(3 * comm->nranks + 3) * W;
     const size_t total = hdrBytes + (size_t)comm->nranks * areaBytes;
     ARNORM_TRY(checkShmSpace(comm, total));
     cpuComm *c = calloc(1, sizeof *c);

@@ -82,8 +82,9 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
                 }
             }
             /* 2. same inputs again, and every forced path: the same bits */
-            const arnormAlgo_t algos[3] = {arnormAlgoAuto, arnormAlgoOneShot, arnormAlgoFallback};
-            for (int ai = 0; ai < 3; ai++) {
+            const arnormAlgo_t algos[4] = {arnormAlgoAuto, arnormAlgoOneShot, arnormAlgoTwoShot,
+                                           arnormAlgoFallback};
+            for (int ai = 0; ai < 4; ai++) {
                 if (runFused(comm, &p, rank, mine, res2, norm2, bytes, algos[ai], "repeat"))
                     return 1;
                 if (memcmp(res, res2, bytes) || memcmp(norm, norm2, bytes)) {
