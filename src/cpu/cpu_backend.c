@@ -402,6 +402,9 @@ static arnormResult_t oneShotChunk(struct arnormComm *comm, const arnormNormArgs
     return arnormSuccess;
 }
 
+/* First row (within a two-shot chunk of nr rows) that rank p owns; p = N gives nr. */
+static inline size_t ownedFrom(size_t nr, int p, int N) { return nr * (size_t)p / (size_t)N; }
+
 /* Two-shot over rows [r0, r0 + nr), nr >= N: rank p owns rows r0 + [nr*p/N, nr*(p+1)/N). */
 static arnormResult_t twoShotChunk(struct arnormComm *comm, const arnormNormArgs *a, size_t r0,
                                    size_t nr) {
@@ -409,15 +412,15 @@ static arnormResult_t twoShotChunk(struct arnormComm *comm, const arnormNormArgs
     const int N = c->N, me = c->rank;
     const size_t es = arnormDtypeSize((arnormDataType_t)a->dtype), rowBytes = a->hidden * es;
     const char *in = (const char *)a->input;
-#define OWNED_LO(p) (nr * (size_t)(p) / (size_t)N)
-    const size_t lo = OWNED_LO(me), n = OWNED_LO(me + 1) - lo;
+    const size_t lo = ownedFrom(nr, me, N), n = ownedFrom(nr, me + 1, N) - lo;
     lamportCall lc;
     ARNORM_TRY(lamportSetup(comm, in + (r0 + lo) * rowBytes, n * a->hidden, a->dtype, &lc));
     const uint64_t call = c->calls; /* this call's index: the gather epoch is call + 1 */
     for (int i = 1; i < N; i++) { /* each peer gets the rows it owns, next rank first */
         const int p = (me + i) % N;
-        lamportPush(c, &lc, p, in + (r0 + OWNED_LO(p)) * rowBytes,
-                    (OWNED_LO(p + 1) - OWNED_LO(p)) * a->hidden, a->dtype);
+        const size_t plo = ownedFrom(nr, p, N);
+        lamportPush(c, &lc, p, in + (r0 + plo) * rowBytes,
+                    (ownedFrom(nr, p + 1, N) - plo) * a->hidden, a->dtype);
     }
     ARNORM_TRY(finishReceived(comm, a, &lc, r0 + lo, n));
     /* publish our rows: residual_out then norm_out, n rows each */
@@ -429,7 +432,7 @@ static arnormResult_t twoShotChunk(struct arnormComm *comm, const arnormNormArgs
     /* copy out the others' rows, next rank first */
     for (int i = 1; i < N; i++) {
         const int p = (me + i) % N;
-        const size_t plo = OWNED_LO(p), pn = OWNED_LO(p + 1) - plo;
+        const size_t plo = ownedFrom(nr, p, N), pn = ownedFrom(nr, p + 1, N) - plo;
         waitState w = {0};
         while (atomic_load_explicit(&c->hdr->gathered[p].v, memory_order_acquire) < call + 1)
             ARNORM_TRY(waitTick(comm, &w, p, "its finished rows"));
@@ -438,7 +441,6 @@ static arnormResult_t twoShotChunk(struct arnormComm *comm, const arnormNormArgs
             memcpy((char *)a->residualOut + (r0 + plo) * rowBytes, pg, pn * rowBytes);
         memcpy((char *)a->normOut + (r0 + plo) * rowBytes, pg + pn * rowBytes, pn * rowBytes);
     }
-#undef OWNED_LO
     return arnormSuccess;
 }
 
