@@ -397,6 +397,7 @@ static arnormResult_t oneShotChunk(struct arnormComm *comm, const arnormNormArgs
     lamportCall lc;
     ARNORM_TRY(lamportBegin(comm, (const char *)a->input + r0 * rowBytes, nr * a->hidden,
                             a->dtype, &lc));
+    if (r0 == 0) arnormCpuPrepareWeight(a, &impl(comm)->rows); /* while the peers' data comes */
     ARNORM_TRY(finishReceived(comm, a, &lc, r0, nr));
     lamportEnd(comm, &lc);
     return arnormSuccess;
@@ -422,6 +423,7 @@ static arnormResult_t twoShotChunk(struct arnormComm *comm, const arnormNormArgs
         lamportPush(c, &lc, p, in + (r0 + plo) * rowBytes,
                     (ownedFrom(nr, p + 1, N) - plo) * a->hidden, a->dtype);
     }
+    if (r0 == 0) arnormCpuPrepareWeight(a, &c->rows); /* while the peers' rows come */
     ARNORM_TRY(finishReceived(comm, a, &lc, r0 + lo, n));
     /* publish our rows: residual_out then norm_out, n rows each */
     char *g = gatherArea(c, me);
@@ -459,7 +461,6 @@ static arnormResult_t cpuFused(struct arnormComm *comm, const arnormNormArgs *a,
     if (rowBytes > c->W)
         return arnormError(comm, arnormInternalError, "row of %zu bytes exceeds the %zu-byte "
                            "workspace slot", rowBytes, c->W);
-    arnormCpuPrepareWeight(a, &c->rows);
     /* Chunks: a one-shot one fits a slot (W bytes); a two-shot one needs a row per rank,
      * and each rank's share fits a slot and half the gather area. A two-shot call's last
      * rows, fewer than the ranks, go through the one-shot. */
