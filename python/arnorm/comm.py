@@ -42,6 +42,18 @@ def to_dtype(dtype):
     raise ValueError("arnorm stores bf16, fp16 or fp32, not %s" % (dtype,))
 
 
+def _dtype_of(dtype, buf, name, default=None):
+    """The call's dtype: `dtype` when given, else the buffer's own, else `default`; a
+    ValueError naming `name` when none of them is known."""
+    if dtype is not None:
+        return to_dtype(dtype)
+    if buf.dtype is not None:
+        return buf.dtype
+    if default is not None:
+        return default
+    raise ValueError("dtype: cannot be inferred from %s; pass dtype=" % name)
+
+
 def try_dtype(dtype):
     try:
         return to_dtype(dtype)
@@ -336,12 +348,7 @@ class Communicator:
     def _resolve(self, bufs, dtype, tokens, hidden):
         """Common dtype and [tokens x hidden] of a call's buffers (the first is the lead)."""
         lead = bufs[0][1]
-        if dtype is not None:
-            dt = to_dtype(dtype)
-        elif lead.dtype is not None:
-            dt = lead.dtype
-        else:
-            raise ValueError("dtype: cannot be inferred from %s; pass dtype=" % bufs[0][0])
+        dt = _dtype_of(dtype, lead, bufs[0][0])
         for name, b in bufs:
             if b.ptr is not None and b.dtype is not None and b.dtype != dt and dtype is None:
                 raise ValueError("%s: dtype %s differs from %s" % (name, b.dtype.name, dt.name))
@@ -381,12 +388,7 @@ class Communicator:
         bno = as_buffer(norm_out, "norm_out", writable=True, dtype=dt)
         self._resolve([(input_name, bi), ("residual_out", bro), ("norm_out", bno)], dt, tokens, hidden)
         bw = as_buffer(weight, "weight", dtype=weight_dtype)
-        if weight_dtype is not None:
-            wt = to_dtype(weight_dtype)
-        elif bw.dtype is not None:
-            wt = bw.dtype
-        else:
-            wt = dt
+        wt = _dtype_of(weight_dtype, bw, "weight", default=dt)
         if bw.count is not None and bw.count < hidden:
             raise ValueError("weight: %d elements, hidden is %d" % (bw.count, hidden))
         r = getattr(_lib.load(), function)(
@@ -420,12 +422,7 @@ class Communicator:
         """arnormAllReduce (sum; fp32 in rank order, one rounding). recv may be send (in
         place) or None (allocated). Returns recv."""
         bs = as_buffer(send, "send", dtype=dtype)
-        if dtype is not None:
-            dt = to_dtype(dtype)
-        elif bs.dtype is not None:
-            dt = bs.dtype
-        else:
-            raise ValueError("dtype: cannot be inferred from send; pass dtype=")
+        dt = _dtype_of(dtype, bs, "send")
         if count is None:
             if bs.count is None:
                 raise ValueError("count: cannot be inferred from an address; pass count=")
@@ -444,9 +441,7 @@ class Communicator:
     def can_fuse(self, buf, tokens=None, hidden=None, row_stride=None, dtype=None):
         """arnormCanFuse: FuseInfo(can_fuse, algo, reason, max_tokens, reason_text)."""
         b = as_buffer(buf, "buf", dtype=dtype, contiguous=False)
-        dt = to_dtype(dtype) if dtype is not None else b.dtype
-        if dt is None:
-            raise ValueError("dtype: cannot be inferred; pass dtype=")
+        dt = _dtype_of(dtype, b, "buf")
         if hidden is None:
             if b.shape is None or len(b.shape) < 2:
                 raise ValueError("hidden: pass hidden= for a flat buffer")
