@@ -513,6 +513,19 @@ __device__ __forceinline__ void lamportClear(char *slotBase, const LamportState 
     }
 }
 
+/* Chunk c of `row` of this rank's partial, -0.0 sent as +0.0: `first` when it is the
+ * chunk the thread loaded ahead of the control block. */
+template <typename T>
+__device__ __forceinline__ void loadPartial(Chunk<T> &x, const Chunk<T> &first, bool isFirst,
+                                            const arnormKArgs &a, long long row, long long c,
+                                            long long hidden, bool vec) {
+    if (isFirst)
+        x = first;
+    else
+        loadUser(x, a.input, row, c, hidden, a.count, vec);
+    mapNegZero(x);
+}
+
 /*
  * a = D(sum in rank order) of chunk c of `row`: this rank's partial read in place from the
  * user tensor, every peer p's from base + p * stride in our slot once it has arrived; a
@@ -564,11 +577,7 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
     for (long long row = blockIdx.x; row < a.rows; row += gridDim.x) {
         for (long long c = threadIdx.x; c < nchunks; c += blockDim.x) {
             Chunk<T> x;
-            if (row == blockIdx.x && c == threadIdx.x)
-                x = first;
-            else
-                loadUser(x, a.input, row, c, hidden, a.count, vec);
-            mapNegZero(x);
+            loadPartial(x, first, row == blockIdx.x && c == threadIdx.x, a, row, c, hidden, vec);
             const long long off = slotOff + rank * region + row * pitch + c * cb;
 #pragma unroll
             for (int p = 0; p < N; p++)
@@ -636,11 +645,7 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
         char *dst = (char *)a.peerBuf[p] + slotOff + rank * rsStride + j * pitch;
         for (long long c = threadIdx.x; c < nchunks; c += blockDim.x) {
             Chunk<T> x;
-            if (k == blockIdx.x && c == threadIdx.x)
-                x = first;
-            else
-                loadUser(x, a.input, row, c, hidden, a.count, vec);
-            mapNegZero(x);
+            loadPartial(x, first, k == blockIdx.x && c == threadIdx.x, a, row, c, hidden, vec);
             storeChunk(dst + c * cb, x);
         }
     }
