@@ -234,7 +234,6 @@ __device__ __forceinline__ void loadWeight(float w[8], const void *weight, int w
 
 struct Waiter {
     unsigned long long deadline;
-    const arnormKCtrl *ctrl;
     int *errWord;
     int failed;
     unsigned int iter;
@@ -462,7 +461,6 @@ __device__ __forceinline__ LamportState lamportBegin(const arnormKArgs &a) {
     st.keep[0] = sh[3];
     st.keep[1] = sh[4];
     st.w.deadline = globalTimer() + (unsigned long long)a.timeoutNs;
-    st.w.ctrl = ctrl;
     st.w.errWord = a.errWord;
     st.w.failed = (int)sh[2];
     st.w.iter = 0;
