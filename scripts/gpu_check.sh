@@ -9,11 +9,14 @@
 #   3. the Gemma decoder example;
 #   reliability: fault tests (killed rank, skipped call, shape mismatch in check mode), a
 #      10^6-call soak at TP2 and compute-sanitizer synccheck, beside each other;
-#   ab: A/B timing of this build against the library in $AB_LIB (e.g. the previous commit's,
-#      built into .carry/old) and against settings in $AB_VARIANTS, alternating, graph
-#      replay, same GPUs, then the cost of check mode;
+#   ab: A/B timing of this build against the libraries in $AB_LIBS ("name=dir ...", e.g.
+#      the previous commit's, built into .carry/old) and against settings in $AB_VARIANTS,
+#      alternating, graph replay, same GPUs, then the cost of check mode;
 # and prints a short table last. Logs and CSVs go to $OUT (device tool) or ./gpu-results.
+# On a machine of 2 GPUs the TP3/TP4 runs are skipped (said in the summary) and the lanes
+# that run beside each other on 4 GPUs run one after the other.
 #   QUICK=1: quick test matrix everywhere (default: full matrix at TP2 and TP4 mp)
+#   TEST_VARIANTS="VAR=value ...": the quick TP2 test again under each setting
 #   STAGES="ab tests reliability speed example" (default: tests reliability speed example)
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -32,6 +35,7 @@ nvidia-smi -L 2>&1 | tee "$LOGS/gpus.txt"
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || echo 0)
 note "date $(date -u +%FT%TZ) gpus $NGPU $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 nvidia-smi topo -m > "$LOGS/topo.txt" 2>&1
+if [ "$NGPU" -ge 4 ]; then WORLDS="2,4"; LANE2="2,3"; else WORLDS="2"; LANE2="0,1"; fi
 
 if [ ! -x "$BUILD/tests/gpu/test_fused_gpu" ] || [ "${REBUILD:-0}" = 1 ]; then
   cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="80;90" \
@@ -62,18 +66,24 @@ lane01() {
   export CUDA_VISIBLE_DEVICES=0,1
   run test_mp_w2 300 "$T" mp 2 $Q; run test_sp_w2 200 "$T" sp 2 quick
   run test_mp_w1 120 "$T" mp 1 quick; run test_sp_w1 120 "$T" sp 1 quick
+  for v in ${TEST_VARIANTS:-}; do run "test_mp_w2_$v" 200 env "$v" "$T" mp 2 quick; done
 }
 lane23() {
-  export CUDA_VISIBLE_DEVICES=2,3
+  export CUDA_VISIBLE_DEVICES=$LANE2
   run memcheck_mp2 240 "$CS" --tool memcheck --report-api-errors no --error-exitcode 9 "$T" mp 2 tiny
   run racecheck_sp2 200 "$CS" --tool racecheck --report-api-errors no --error-exitcode 9 "$T" sp 2 tiny
   run torch_binding_tp2 240 torchrun --nproc-per-node=2 tests/gpu/test_torch_binding.py --quick --no-timing
 }
 if has tests; then
-  lane01 & lane23 & wait
-  run test_mp_w4 300 "$T" mp 4 $Q; run test_sp_w4 200 "$T" sp 4 quick
-  run test_mp_w3 150 "$T" mp 3 quick; run test_sp_w3 150 "$T" sp 3 quick
-  run torch_binding_tp4 240 torchrun --nproc-per-node=4 tests/gpu/test_torch_binding.py --quick --no-timing
+  if [ "$NGPU" -ge 4 ]; then
+    lane01 & lane23 & wait
+    run test_mp_w4 300 "$T" mp 4 $Q; run test_sp_w4 200 "$T" sp 4 quick
+    run test_mp_w3 150 "$T" mp 3 quick; run test_sp_w3 150 "$T" sp 3 quick
+    run torch_binding_tp4 240 torchrun --nproc-per-node=4 tests/gpu/test_torch_binding.py --quick --no-timing
+  else
+    lane01; lane23
+    note "SKIP  TP3/TP4 tests: this machine has $NGPU GPUs"
+  fi
 fi
 
 # ---- reliability: faults and the soak on GPUs 0,1; synccheck on GPUs 2,3
@@ -81,19 +91,23 @@ if has reliability; then
   ( export CUDA_VISIBLE_DEVICES=0,1
     run faults_gpu 120 "$BUILD/tests/gpu/test_faults_gpu"
     run soak_gpu_tp2 300 "$BUILD/tests/gpu/test_soak_gpu" 2 1000000 ) &
-  ( export CUDA_VISIBLE_DEVICES=2,3
+  [ "$NGPU" -ge 4 ] || wait
+  ( export CUDA_VISIBLE_DEVICES=$LANE2
     run synccheck_sp2 240 "$CS" --tool synccheck --report-api-errors no --error-exitcode 9 "$T" sp 2 tiny ) &
   wait
   grep -h "calls" "$LOGS/soak_gpu_tp2.log" | tee -a "$SUMMARY"
 fi
 
-# ---- ab: this build against $AB_LIB and/or settings in $AB_VARIANTS (space-separated
-# VAR=value), alternating (graph replay; NCCL baseline in each run)
+# ---- ab: this build against the libraries in $AB_LIBS ("name=dir ...") and settings in
+# $AB_VARIANTS (space-separated VAR=value), alternating (graph replay; NCCL baseline in
+# each run)
 if has ab; then
-  ABT="-B cuda -g 2,4 -t 1,8,32,128,512,2048,8192 -H 4096 -d bf16 -G 1 -r 9"
+  ABT="-B cuda -g $WORLDS -t ${AB_TOKENS:-1,8,32,128,512,2048,8192} -H 4096 -d bf16 -G 1 -r 9"
   for i in 1 2; do
     run ab_default_$i 200 "$B" $ABT
-    [ -n "${AB_LIB:-}" ] && LD_LIBRARY_PATH="$AB_LIB:$LD_LIBRARY_PATH" run ab_lib_$i 200 "$B" $ABT
+    for l in ${AB_LIBS:-}; do
+      LD_LIBRARY_PATH="$ROOT/${l#*=}:$LD_LIBRARY_PATH" run "ab_lib_${l%%=*}_$i" 200 "$B" $ABT
+    done
     for v in ${AB_VARIANTS:-}; do run "ab_${v}_$i" 200 env "$v" "$B" $ABT; done
   done
   run checkmode_off 120 "$B" -B cuda -g 2 -t 1,128 -H 4096 -d bf16 -G 0
@@ -109,9 +123,9 @@ fi
 
 # ---- 2. speed: arnorm-bench, then the PyTorch alternatives, same GPUs, nothing else running
 if has speed; then
-run bench_h4096 400 "$B" -B cuda -g 2,4 -t 1,8,32,128,512,2048,8192 -H 4096 -d bf16 -G 2 -o "$LOGS/bench.csv"
+run bench_h4096 400 "$B" -B cuda -g $WORLDS -t 1,8,32,128,512,2048,8192 -H 4096 -d bf16 -G 2 -o "$LOGS/bench.csv"
 if [ -f .carry/torch_baseline.py ]; then
-  for w in 2 4; do
+  for w in ${WORLDS//,/ }; do
     HIDDEN=4096 run torch_baseline_tp$w 240 torchrun --nproc-per-node=$w .carry/torch_baseline.py
   done
 else
@@ -119,14 +133,14 @@ else
 fi
 # ---- 3. the example (before the extra hidden sizes: a call may run out of time)
 has example && run example_tp2 200 torchrun --nproc-per-node=2 examples/gemma_decoder_step.py
-run bench_h8192 300 "$B" -B cuda -g 4 -t 1,8,32,128,512,2048,8192 -H 8192 -d bf16 -G 1 -o "$LOGS/bench.csv"
-run bench_h2304 300 "$B" -B cuda -g 2,4 -t 1,32,512 -H 2304 -d bf16 -G 1 -o "$LOGS/bench.csv"
-run bench_h5376 300 "$B" -B cuda -g 2,4 -t 1,32,512 -H 5376 -d bf16 -G 1 -o "$LOGS/bench.csv"
+run bench_h8192 300 "$B" -B cuda -g "${WORLDS##*,}" -t 1,8,32,128,512,2048,8192 -H 8192 -d bf16 -G 1 -o "$LOGS/bench.csv"
+run bench_h2304 300 "$B" -B cuda -g $WORLDS -t 1,32,512 -H 2304 -d bf16 -G 1 -o "$LOGS/bench.csv"
+run bench_h5376 300 "$B" -B cuda -g $WORLDS -t 1,32,512 -H 5376 -d bf16 -G 1 -o "$LOGS/bench.csv"
 fi
 
 echo "==== arnorm-bench (bf16, median us per call; base = NCCL all-reduce + norm kernel, same run)"
 grep -h -v '^#' "$LOGS"/bench_h4096.log "$LOGS"/bench_h8192.log 2>/dev/null | awk 'NF>=12'
-for w in 2 4; do echo "==== torch_baseline TP$w"; tail -12 "$LOGS/torch_baseline_tp$w.log" 2>/dev/null; done
+for w in ${WORLDS//,/ }; do echo "==== torch_baseline TP$w"; tail -12 "$LOGS/torch_baseline_tp$w.log" 2>/dev/null; done
 echo "==== summary"; cat "$SUMMARY"
 fails=$(grep -c '^FAIL' "$SUMMARY")
 if [ -n "${OUT:-}" ]; then # the device tool brings back few files: pack the logs

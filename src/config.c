@@ -29,7 +29,11 @@ static int parseEnum(const char *name, const char *v, const char *const *names, 
             *out = i;
             return 1;
         }
-    snprintf(env.message, sizeof env.message, "%s: unknown value '%s'", name, v);
+    int len = snprintf(env.message, sizeof env.message, "%s: unknown value '%s' (one of", name, v);
+    for (int i = 0; i < count && len > 0 && (size_t)len < sizeof env.message; i++)
+        len += snprintf(env.message + len, sizeof env.message - (size_t)len, " %s", names[i]);
+    if (len > 0 && (size_t)len < sizeof env.message)
+        snprintf(env.message + len, sizeof env.message - (size_t)len, ")");
     env.status = arnormInvalidArgument;
     return 0;
 }
@@ -55,6 +59,7 @@ static int parseSize(const char *name, const char *v, long long *out) {
 static void readEnvironment(void) {
     static const char *const backends[] = {"auto", "cpu", "cuda"};
     static const char *const algos[] = {"auto", "norm", "oneshot", "twoshot", "fallback"};
+    static const char *const flags[] = {"0", "1"};
     arnormSettings *s = &env.s;
     s->backend = -1;
     s->algo = -1;
@@ -62,7 +67,7 @@ static void readEnvironment(void) {
     s->usePdl = s->checkMode = -1;
     env.status = arnormSuccess;
     const char *v;
-    int e;
+    int e = 0;
     long long x;
     if ((v = getenv("ARNORM_BACKEND")) && parseEnum("ARNORM_BACKEND", v, backends, 3, &e))
         s->backend = (arnormBackend_t)e;
@@ -76,8 +81,10 @@ static void readEnvironment(void) {
         s->workspaceBytes = x;
     if ((v = getenv("ARNORM_TIMEOUT_MS")) && parseSize("ARNORM_TIMEOUT_MS", v, &x))
         s->timeoutMs = x;
-    if ((v = getenv("ARNORM_PDL")) && parseSize("ARNORM_PDL", v, &x)) s->usePdl = x != 0;
-    if ((v = getenv("ARNORM_CHECK")) && parseSize("ARNORM_CHECK", v, &x)) s->checkMode = x != 0;
+    /* switches take 0 or 1 only: a typo fails init instead of silently meaning "on" */
+    if ((v = getenv("ARNORM_PDL")) && parseEnum("ARNORM_PDL", v, flags, 2, &e)) s->usePdl = e;
+    if ((v = getenv("ARNORM_CHECK")) && parseEnum("ARNORM_CHECK", v, flags, 2, &e))
+        s->checkMode = e;
     if (env.status != arnormSuccess)
         arnormLog(ARNORM_LOG_WARN, "environment: %s", env.message);
     else
@@ -194,9 +201,15 @@ void arnormSettingsFinish(arnormSettings *s, arnormBackend_t backend, int nranks
         if (s->oneShotMaxBytes < 0) s->oneShotMaxBytes = 0;
         if (s->workspaceBytes < 0) s->workspaceBytes = 256LL << 10;
     } else {
-        if (s->oneShotMaxBytes < 0) s->oneShotMaxBytes = nranks == 2 ? (1LL << 20) : (256LL << 10);
-        if (s->workspaceBytes < 0)
-            s->workspaceBytes = s->fuseMaxBytes < (8LL << 20) ? s->fuseMaxBytes : (8LL << 20);
+        /* TP2 crossover measured on H200 (docs/performance.md): at 2 MiB the one-shot wins
+           at H = 8192 (11.3 vs 12.7 us) and ties at H = 4096; at 4 MiB the two-shot wins */
+        if (s->oneShotMaxBytes < 0) s->oneShotMaxBytes = nranks == 2 ? (2LL << 20) : (256LL << 10);
+        /* Calls larger than the workspace run as one launch per chunk, and each launch
+           pays the two-shot's fill and drain (~2.5-3.5 us at TP2): 64 MiB at TP2 takes
+           8192 x 4096 bf16 in one launch, 266 -> 242 us on H200 (docs/performance.md), for
+           384 MiB per rank. TP3+ keep 8 MiB (their fused budget is 16 MiB). */
+        const long long ws = nranks == 2 ? (64LL << 20) : (8LL << 20);
+        if (s->workspaceBytes < 0) s->workspaceBytes = s->fuseMaxBytes < ws ? s->fuseMaxBytes : ws;
         if (s->workspaceBytes < 4096) s->workspaceBytes = 4096;
     }
     arnormLog(ARNORM_LOG_INFO,

@@ -125,6 +125,17 @@ static long long slotBytesFor(const arnormSettings *s, int nranks) {
     return (b + 4095) / 4096 * 4096;
 }
 
+/* The peer-visible buffer of a rank: 3 rotating slots, then check mode's exchange area. */
+static size_t workspaceBufBytes(const CudaImpl *im) {
+    return (size_t)(3 * im->slotBytes) + ARNORM_KCHECK_BYTES;
+}
+
+/* All a rank holds for the fused path (the buffer and the control block), as reported in
+ * comm->workspaceBytes. */
+static size_t workspaceTotalBytes(const CudaImpl *im) {
+    return workspaceBufBytes(im) + sizeof(arnormKCtrl);
+}
+
 static int envInt(const char *name, int dflt) {
     const char *v = getenv(name);
     return v && *v ? atoi(v) : dflt;
@@ -134,8 +145,7 @@ static int envInt(const char *name, int dflt) {
 static cudaError_t allocWorkspace(CudaImpl *im, int rank) {
     cudaError_t e;
     if (envInt("ARNORM_TEST_FAIL_WORKSPACE_RANK", -1) == rank) return cudaErrorMemoryAllocation;
-    const size_t bytes = (size_t)(3 * im->slotBytes) + ARNORM_KCHECK_BYTES;
-    e = cudaMalloc(&im->buf, bytes);
+    e = cudaMalloc(&im->buf, workspaceBufBytes(im));
     if (e != cudaSuccess) { im->buf = NULL; return e; }
     e = cudaMalloc((void **)&im->ctrl, sizeof(arnormKCtrl));
     if (e != cudaSuccess) { im->ctrl = NULL; return e; }
@@ -146,7 +156,8 @@ static cudaError_t allocWorkspace(CudaImpl *im, int rank) {
     if (e != cudaSuccess) return e;
     e = cudaMemsetAsync(im->ctrl, 0, sizeof(arnormKCtrl), im->initStream);
     if (e != cudaSuccess) return e;
-    e = (cudaError_t)arnormKFill32(im->buf, ARNORM_SENTINEL_WORD, bytes / 4, im->initStream);
+    e = (cudaError_t)arnormKFill32(im->buf, ARNORM_SENTINEL_WORD, workspaceBufBytes(im) / 4,
+                                   im->initStream);
     if (e != cudaSuccess) return e;
     return cudaStreamSynchronize(im->initStream);
 }
@@ -570,8 +581,8 @@ static arnormResult_t setupMultiProcess(struct arnormComm *comm, CudaImpl *im) {
         freeWorkspace(im);
         if (!ok)
             return arnormError(comm, arnormOutOfMemory,
-                               "rank %d: allocating the %lld-byte fused workspace: %s", rank,
-                               3 * im->slotBytes, cudaGetErrorString(ae));
+                               "rank %d: allocating the %zu-byte fused workspace: %s", rank,
+                               workspaceBufBytes(im), cudaGetErrorString(ae));
         return arnormError(comm, arnormOutOfMemory,
                            "rank %d: another rank failed to allocate its fused workspace", rank);
     }
@@ -644,7 +655,7 @@ static arnormResult_t setupMultiProcess(struct arnormComm *comm, CudaImpl *im) {
         return arnormSuccess;
     }
     im->haveWorkspace = 1;
-    comm->workspaceBytes = (size_t)(3 * im->slotBytes) + ARNORM_KCHECK_BYTES + sizeof(arnormKCtrl);
+    comm->workspaceBytes = workspaceTotalBytes(im);
     return arnormSuccess;
 }
 
@@ -758,8 +769,8 @@ arnormResult_t arnormCudaInitAll(struct arnormComm **comms, int ndev, const int 
             if (e != cudaSuccess) {
                 allocOk = 0;
                 r = arnormError(c0, arnormOutOfMemory,
-                                "device %d: allocating the %lld-byte fused workspace: %s", devs[i],
-                                3 * ims[i]->slotBytes, cudaGetErrorString(e));
+                                "device %d: allocating the %zu-byte fused workspace: %s", devs[i],
+                                workspaceBufBytes(ims[i]), cudaGetErrorString(e));
             }
             for (int j = 0; j < ndev && allocOk; j++) {
                 if (j == i) continue;
@@ -778,7 +789,7 @@ arnormResult_t arnormCudaInitAll(struct arnormComm **comms, int ndev, const int 
             if (peerOk && ndev >= 2) {
                 for (int j = 0; j < ndev; j++) ims[i]->peer[j] = ims[j]->buf;
                 ims[i]->haveWorkspace = 1;
-                comms[i]->workspaceBytes = (size_t)(3 * ims[i]->slotBytes) + ARNORM_KCHECK_BYTES + sizeof(arnormKCtrl);
+                comms[i]->workspaceBytes = workspaceTotalBytes(ims[i]);
             } else {
                 cudaSetDevice(devs[i]);
                 freeWorkspace(ims[i]);

@@ -230,20 +230,27 @@ int main(void) {
     int failed = 0;
     /* a malformed environment variable fails init with its name (the environment is read
        once per process: in a child forked before any other call) */
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("ARNORM_ALGO", "sideways", 1);
-        arnormUniqueId id;
-        arnormComm_t comm;
-        arnormGetUniqueId(&id);
-        arnormResult_t r = arnormCommInitRank(&comm, 1, id, 0, NULL);
-        _exit(r == arnormInvalidArgument && strstr(arnormGetLastError(NULL), "ARNORM_ALGO") ? 0 : 1);
-    }
-    int st;
-    waitpid(pid, &st, 0);
-    if (!WIFEXITED(st) || WEXITSTATUS(st)) {
-        fprintf(stderr, "FAIL: ARNORM_ALGO=sideways was not refused by name\n");
-        failed = 1;
+    static const char *const badEnv[][2] = {
+        {"ARNORM_ALGO", "sideways"}, {"ARNORM_PDL", "2"}, {"ARNORM_CHECK", "yes"},
+        {"ARNORM_TIMEOUT_MS", "10s"}};
+    for (size_t i = 0; i < sizeof badEnv / sizeof badEnv[0]; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            setenv(badEnv[i][0], badEnv[i][1], 1);
+            arnormUniqueId id;
+            arnormComm_t comm;
+            arnormGetUniqueId(&id);
+            arnormResult_t r = arnormCommInitRank(&comm, 1, id, 0, NULL);
+            _exit(r == arnormInvalidArgument && strstr(arnormGetLastError(NULL), badEnv[i][0])
+                      ? 0
+                      : 1);
+        }
+        int st;
+        waitpid(pid, &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+            fprintf(stderr, "FAIL: %s=%s was not refused by name\n", badEnv[i][0], badEnv[i][1]);
+            failed = 1;
+        }
     }
     failed |= testStrings() || testInit();
     failed |= tuLaunch(2, reasonsRank, NULL, 0, 120);
