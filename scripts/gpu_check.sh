@@ -17,6 +17,7 @@
 # that run beside each other on 4 GPUs run one after the other.
 #   QUICK=1: quick test matrix everywhere (default: full matrix at TP2 and TP4 mp)
 #   TEST_VARIANTS="VAR=value ...": the quick TP2 test again under each setting
+#   AB_TOKENS, AB_HIDDEN: the ab stage's token list and hidden sizes (default 4096)
 #   STAGES="ab tests reliability speed example" (default: tests reliability speed example)
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -102,13 +103,15 @@ fi
 # $AB_VARIANTS (space-separated VAR=value), alternating (graph replay; NCCL baseline in
 # each run)
 if has ab; then
-  ABT="-B cuda -g $WORLDS -t ${AB_TOKENS:-1,8,32,128,512,2048,8192} -H 4096 -d bf16 -G 1 -r 9"
-  for i in 1 2; do
-    run ab_default_$i 200 "$B" $ABT
-    for l in ${AB_LIBS:-}; do
-      LD_LIBRARY_PATH="$ROOT/${l#*=}:$LD_LIBRARY_PATH" run "ab_lib_${l%%=*}_$i" 200 "$B" $ABT
+  for h in ${AB_HIDDEN:-4096}; do
+    ABT="-B cuda -g $WORLDS -t ${AB_TOKENS:-1,8,32,128,512,2048,8192} -H $h -d bf16 -G 1 -r 9"
+    for i in 1 2; do
+      run ab_h${h}_default_$i 200 "$B" $ABT
+      for l in ${AB_LIBS:-}; do
+        LD_LIBRARY_PATH="$ROOT/${l#*=}:$LD_LIBRARY_PATH" run "ab_h${h}_lib_${l%%=*}_$i" 200 "$B" $ABT
+      done
+      for v in ${AB_VARIANTS:-}; do run "ab_h${h}_${v}_$i" 200 env "$v" "$B" $ABT; done
     done
-    for v in ${AB_VARIANTS:-}; do run "ab_${v}_$i" 200 env "$v" "$B" $ABT; done
   done
   run checkmode_off 120 "$B" -B cuda -g 2 -t 1,128 -H 4096 -d bf16 -G 0
   run checkmode_on 120 "$B" -B cuda -g 2 -t 1,128 -H 4096 -d bf16 -G 0 -C 1

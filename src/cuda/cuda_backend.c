@@ -249,6 +249,7 @@ static void fillLamport(CudaImpl *im, struct arnormComm *comm, arnormKArgs *k) {
     k->nranks = comm->nranks;
     k->smCount = im->smCount;
     k->pdl = comm->settings.usePdl && im->smMajor >= 9;
+    k->clusters = im->smMajor >= 9;
 }
 
 /* Rows per launch of a Lamport algo; 0 when not even one row fits. */

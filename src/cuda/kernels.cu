@@ -23,6 +23,10 @@
 
 #include <atomic>
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#include <cooperative_groups.h>
+#endif
+
 #include "../numerics.h"
 #include "kernels.h"
 
@@ -282,22 +286,61 @@ __device__ __forceinline__ void spinChunks(Chunk<T> (&v)[N], const char *base, l
 
 /* ------------------------------------------------------------------ the row tail */
 
-/* Block-wide sum of one float per thread by the tree of numerics.h. All threads call it. */
-__device__ __forceinline__ float rowTree(float v, float *red) {
+/*
+ * Which slots of a row's tree (numerics.h) this thread holds. Rows are one block each
+ * (CS = 1), or, for rows of more than 512 slots on sm_90, split over a cluster of CS blocks
+ * (block r of the cluster holds slots r * blockDim.x ...), so they run in the 512-thread
+ * build. Slots past S hold no chunk: their warps add +0.0, as the tree's zero lanes do.
+ */
+struct RowSplit {
+    int S;    /* slots of the tree: arnormRowSlots(hidden) */
+    int slot; /* this thread's slot */
+};
+__device__ __forceinline__ RowSplit wholeRow() { return RowSplit{(int)blockDim.x, (int)threadIdx.x}; }
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+/* barrier.cluster arrive (release) + wait (acquire): every thread of the cluster */
+__device__ __forceinline__ void clusterSync() { cooperative_groups::this_cluster().sync(); }
+#else
+__device__ __forceinline__ void clusterSync() {}
+#endif
+
+/*
+ * Sum of one float per slot by the tree of numerics.h; every thread of the block (of the
+ * cluster when CS > 1) calls it and gets the total. red: 2 x 33 floats of shared memory;
+ * `parity` alternates from one call to the next, so a cluster peer still reading this
+ * call's warp sums is never overwritten by the next call's (one cluster barrier a call).
+ */
+template <int CS>
+__device__ __forceinline__ float rowTree(float v, float *red, int parity) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int nw = blockDim.x >> 5;
+    float *r = red + 33 * parity;
 #pragma unroll
     for (int o = 16; o >= 1; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
+    if (lane == 0) r[warp] = v;
+    if constexpr (CS == 1) {
+        __syncthreads();
+    } else {
+        clusterSync();
+    }
     if (warp == 0) {
-        float u = lane < nw ? red[lane] : 0.0f;
+        float u = 0.0f;
+        if constexpr (CS == 1) {
+            if (lane < nw) u = r[lane];
+        } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            /* lane l holds the warp sum of the cluster's warp l: block l / nw, warp l % nw */
+            const int owner = lane / nw;
+            if (owner < CS) u = cooperative_groups::this_cluster().map_shared_rank(r, owner)[lane % nw];
+#endif
+        }
 #pragma unroll
         for (int o = 16; o >= 1; o >>= 1) u = __fadd_rn(u, __shfl_xor_sync(0xffffffffu, u, o));
-        if (lane == 0) red[32] = u;
+        if (lane == 0) r[32] = u;
     }
     __syncthreads();
-    return red[32];
+    return r[32];
 }
 
 /*
@@ -310,19 +353,20 @@ struct NoPut {
     template <typename C>
     __device__ void operator()(long long, const C &) const {}
 };
-template <typename T, typename Get, typename Put>
+template <typename T, int CS = 1, typename Get, typename Put>
 __device__ __forceinline__ void finishRow(const arnormKArgs &a, long long row, bool addResidual,
-                                          bool vec, float *red, Get get, Put put) {
+                                          bool vec, float *red, int parity, RowSplit sp, Get get,
+                                          Put put) {
     const long long hidden = a.hidden;
     const long long nchunks = (hidden + 7) / 8;
-    const int S = blockDim.x;
+    const int S = sp.S;
     float sumsq = 0.0f;
     float h0[8];
 #pragma unroll
     for (int i = 0; i < 8; i++) h0[i] = 0.0f;
     float w0[8];
     int k = 0;
-    for (long long c = threadIdx.x; c < nchunks; c += S, k++) {
+    for (long long c = sp.slot; c < nchunks; c += S, k++) {
         /* residual and weight loads go out before the wait for the sum */
         Chunk<T> r;
         if (addResidual) loadUser(r, a.residual, row, c, hidden, a.count, vec);
@@ -349,11 +393,11 @@ __device__ __forceinline__ void finishRow(const arnormKArgs &a, long long row, b
         }
     }
     if (!a.doNorm) return;
-    const float total = rowTree(sumsq, red);
+    const float total = rowTree<CS>(sumsq, red, parity);
     const float var = __fdiv_rn(total, (float)hidden);
     const float s = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, a.eps)));
     k = 0;
-    for (long long c = threadIdx.x; c < nchunks; c += S, k++) {
+    for (long long c = sp.slot; c < nchunks; c += S, k++) {
         float h[8];
         if (k == 0) {
 #pragma unroll
@@ -411,7 +455,7 @@ __global__ void __launch_bounds__(1024) normKernel(const arnormKArgs a) {
     const bool vec = isVec(a);
     const bool addRes = a.residual != nullptr;
     for (long long row = blockIdx.x; row < a.rows; row += gridDim.x) {
-        finishRow<T>(a, row, addRes, vec, red, [&](long long c, float x[8]) {
+        finishRow<T>(a, row, addRes, vec, red, 0, wholeRow(), [&](long long c, float x[8]) {
             Chunk<T> in;
             loadUser(in, a.input, row, c, a.hidden, a.count, vec);
             mapNegZero(in);
@@ -549,21 +593,34 @@ __device__ __forceinline__ void sumRanks(float x[8], const arnormKArgs &a, long 
     }
 }
 
-/* MaxT: the block size the kernel is built for (see pickLamport). */
-template <typename T, int N, int MaxT>
+/* MaxT: the block size the kernel is built for; CS: blocks per row (a cluster on sm_90,
+ * see RowSplit and pickLamport). */
+template <typename T, int N, int MaxT, int CS>
 __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
-    __shared__ float red[33];
+    __shared__ float red[2 * 33];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    if constexpr (CS > 1) __trap(); /* clusters: sm_90+ only (the host never asks before) */
+#endif
     pdlWait();
     const bool vec = isVec(a);
     const long long hidden = a.hidden, nchunks = (hidden + 7) / 8;
     const int rank = a.rank;
+    /* this block works on rows unit, unit + units, ...; with CS > 1 all blocks of a cluster
+     * take the same rows (so they meet at the same cluster barriers) */
+    const long long unit = blockIdx.x / CS, units = gridDim.x / CS;
+    const RowSplit sp = CS == 1 ? wholeRow()
+                                : RowSplit{arnormRowSlots((size_t)hidden),
+                                           (int)((blockIdx.x % CS) * blockDim.x + threadIdx.x)};
     /* this thread's first chunk does not depend on the slot: load it while the control
      * block is read */
     Chunk<T> first;
-    if (blockIdx.x < a.rows && threadIdx.x < nchunks)
-        loadUser(first, a.input, blockIdx.x, threadIdx.x, hidden, a.count, vec);
+    if (unit < a.rows && sp.slot < nchunks)
+        loadUser(first, a.input, unit, sp.slot, hidden, a.count, vec);
     LamportState st = lamportBegin(a);
-    if (st.w.failed) return; /* the communicator failed: write nothing, wait for nothing */
+    /* the communicator failed: write nothing, wait for nothing. The blocks of a cluster
+     * start together and only a timeout of this kernel sets `failed` (after timeoutMs), so
+     * they all read the same value here and all return, or none does. */
+    if (st.w.failed) return;
     arnormKCtrl *ctrl = a.ctrl;
     const long long pitch = arnormKPitch(hidden, a.dtype);
     const long long region = a.rows * pitch;
@@ -572,10 +629,10 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
     char *mine = (char *)a.peerBuf[rank];
 
     /* 1. push this rank's rows into every peer's slot, region `rank` */
-    for (long long row = blockIdx.x; row < a.rows; row += gridDim.x) {
-        for (long long c = threadIdx.x; c < nchunks; c += blockDim.x) {
+    for (long long row = unit; row < a.rows; row += units) {
+        for (long long c = sp.slot; c < nchunks; c += sp.S) {
             Chunk<T> x;
-            loadPartial(x, first, row == blockIdx.x && c == threadIdx.x, a, row, c, hidden, vec);
+            loadPartial(x, first, row == unit && c == sp.slot, a, row, c, hidden, vec);
             const long long off = slotOff + rank * region + row * pitch + c * cb;
 #pragma unroll
             for (int p = 0; p < N; p++)
@@ -587,12 +644,16 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
 
     /* 3. wait, sum in rank order, residual, norm */
     const unsigned peers = ((1u << N) - 1u) & ~(1u << rank);
-    for (long long row = blockIdx.x; row < a.rows; row += gridDim.x) {
-        finishRow<T>(a, row, a.residual != nullptr, vec, red, [&](long long c, float x[8]) {
+    int parity = 0;
+    for (long long row = unit; row < a.rows; row += units, parity ^= (CS > 1)) {
+        finishRow<T, CS>(a, row, a.residual != nullptr, vec, red, parity, sp,
+                         [&](long long c, float x[8]) {
             sumRanks<T, N>(x, a, row, c, hidden, vec, rank, peers, mine + slotOff + row * pitch + c * cb,
                            region, st.w, ctrl);
         }, NoPut());
     }
+    /* a cluster peer may still read our warp sums: leave only once it is done */
+    if constexpr (CS > 1) clusterSync();
     /* peers never write region `rank` of our slot */
     lamportEnd(a, st, (long long)N * region, keepRange(rank * region, region), 0);
     pdlTrigger();
@@ -656,7 +717,7 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     for (long long j = blockIdx.x; j < r1 - r0; j += gridDim.x) {
         const long long row = r0 + j;
         const long long agRow = slotOff + agOff + row * pitch;
-        finishRow<T>(a, row, a.residual != nullptr, vec, red,
+        finishRow<T>(a, row, a.residual != nullptr, vec, red, 0, wholeRow(),
             [&](long long c, float x[8]) {
                 sumRanks<T, N>(x, a, row, c, hidden, vec, rank, peers, mine + slotOff + j * pitch + c * cb,
                                rsStride, st.w, ctrl);
@@ -675,7 +736,7 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     for (long long k = blockIdx.x; k < others; k += gridDim.x) {
         const long long row = k < r0 ? k : k + (r1 - r0);
         const int owner = ownerOf(row, rows, N);
-        finishRow<T>(a, row, false, vec, red, [&](long long c, float x[8]) {
+        finishRow<T>(a, row, false, vec, red, 0, wholeRow(), [&](long long c, float x[8]) {
             Chunk<T> v[1];
             spinChunks(v, mine + slotOff + agOff + row * pitch + c * cb, 0, 1u, st.w, ctrl,
                        owner);
@@ -739,16 +800,36 @@ __global__ void fillKernel(uint32_t *p, uint32_t v, size_t n) {
 
 typedef void (*KernelFn)(const arnormKArgs);
 
+#ifndef ARNORM_SPLIT_MAX_ROWS
+#define ARNORM_SPLIT_MAX_ROWS 8
+#endif
+
+/* How one call launches: the kernel, its block size and blocks per row. */
+struct LaunchShape {
+    KernelFn fn;
+    int threads; /* block size */
+    int cs;      /* blocks per row (a cluster when > 1) */
+};
+
 /* One-shot kernels of rows up to 4096 elements (S <= 512) use the 512-thread build: no
- * register spills, the lowest latency. Two-shot kernels always use the 1024-thread build:
- * its occupancy (two 512-thread blocks per SM) wins at large sizes (docs/performance.md). */
+ * register spills, the lowest latency; wider rows too on sm_90, split over a cluster of
+ * two blocks (RowSplit). Two-shot kernels always use the 1024-thread build: its occupancy
+ * (two 512-thread blocks per SM) wins at large sizes (docs/performance.md). */
+/* Rows up to which a wide one-shot row is split over a cluster: measured on H200 at TP2
+ * (docs/performance.md), the split wins at 1-8 rows (H=8192 T=1 6.60 -> 5.62 us) and loses
+ * from 32 (its cluster barriers cost more than the spills they avoid once blocks overlap). */
+constexpr long long kSplitMaxRows = ARNORM_SPLIT_MAX_ROWS;
+
 template <typename T>
-KernelFn pickLamport(int algo, int n, int threads) {
+LaunchShape pickLamport(int algo, int n, int slots, long long rows, int clusters) {
+    const int half = (slots / 2 + 31) / 32 * 32; /* block size of a 2-block split */
+    const bool split = algo == arnormKOneShot && slots > 512 && clusters && rows <= kSplitMaxRows;
 #define ARNORM_K(NN)                                                                           \
     case NN:                                                                                   \
-        if (algo == arnormKTwoShot) return (KernelFn)twoShotKernel<T, NN, 1024>;              \
-        return threads <= 512 ? (KernelFn)oneShotKernel<T, NN, 512>                           \
-                              : (KernelFn)oneShotKernel<T, NN, 1024>;
+        if (algo == arnormKTwoShot) return {(KernelFn)twoShotKernel<T, NN, 1024>, slots, 1};  \
+        if (split) return {(KernelFn)oneShotKernel<T, NN, 512, 2>, half, 2};                   \
+        return slots <= 512 ? LaunchShape{(KernelFn)oneShotKernel<T, NN, 512, 1>, slots, 1}    \
+                            : LaunchShape{(KernelFn)oneShotKernel<T, NN, 1024, 1>, slots, 1};
     switch (n) {
         ARNORM_K(2)
         ARNORM_K(3)
@@ -757,41 +838,70 @@ KernelFn pickLamport(int algo, int n, int threads) {
         ARNORM_K(6)
         ARNORM_K(7)
         ARNORM_K(8)
-    default: return nullptr;
+    default: return {nullptr, 0, 1};
     }
 #undef ARNORM_K
 }
 
-KernelFn pickKernel(int algo, int dtype, int n, int threads) {
+LaunchShape pickKernel(int algo, int dtype, int n, int slots, long long rows, int clusters) {
     if (algo == arnormKNorm) {
         switch (dtype) {
-        case 0: return normKernel<Bf16>;
-        case 1: return normKernel<Fp16>;
-        case 2: return normKernel<Fp32>;
-        default: return nullptr;
+        case 0: return {normKernel<Bf16>, slots, 1};
+        case 1: return {normKernel<Fp16>, slots, 1};
+        case 2: return {normKernel<Fp32>, slots, 1};
+        default: return {nullptr, 0, 1};
         }
     }
     switch (dtype) {
-    case 0: return pickLamport<Bf16>(algo, n, threads);
-    case 1: return pickLamport<Fp16>(algo, n, threads);
-    case 2: return pickLamport<Fp32>(algo, n, threads);
-    default: return nullptr;
+    case 0: return pickLamport<Bf16>(algo, n, slots, rows, clusters);
+    case 1: return pickLamport<Fp16>(algo, n, slots, rows, clusters);
+    case 2: return pickLamport<Fp32>(algo, n, slots, rows, clusters);
+    default: return {nullptr, 0, 1};
     }
 }
 
-/* Blocks per SM a kernel can keep resident at `threads` threads (cached; the answer does
- * not depend on the device among those one process drives: same architecture). */
-std::atomic<int> gOcc[3][3][9][33];
+void setClusterAttr(cudaLaunchAttribute &at, int cs) {
+    at.id = cudaLaunchAttributeClusterDimension;
+    at.val.clusterDim.x = (unsigned)cs;
+    at.val.clusterDim.y = 1;
+    at.val.clusterDim.z = 1;
+}
 
-int occupancy(KernelFn fn, int algo, int dtype, int n, int threads) {
-    std::atomic<int> &slot = gOcc[algo][dtype][n][threads / 32];
-    int v = slot.load(std::memory_order_relaxed);
+/* Rows (blocks, or clusters of sh.cs blocks) a kernel can keep resident at once, at most
+ * 4 blocks per SM for the Lamport kernels (cached; the answer does not depend on the
+ * device among those one process drives: same architecture). */
+std::atomic<long long> gResident[3][3][9][33][2];
+
+long long residentUnits(const LaunchShape &sh, int algo, int dtype, int n, int smCount) {
+    std::atomic<long long> &slot = gResident[algo][dtype][n][sh.threads / 32][sh.cs > 1];
+    long long v = slot.load(std::memory_order_relaxed);
     if (v > 0) return v;
     int occ = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, threads, 0) != cudaSuccess || occ < 1)
+    bool queryFailed = false;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, sh.fn, sh.threads, 0) != cudaSuccess) {
+        queryFailed = true;
         occ = 1;
-    slot.store(occ, std::memory_order_relaxed);
-    return occ;
+    }
+    if (occ < 1) occ = 1;
+    const long long perSm = algo == arnormKNorm ? occ : (occ < 4 ? occ : 4);
+    v = (long long)smCount * perSm / sh.cs;
+    if (sh.cs > 1) {
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute at[1];
+        setClusterAttr(at[0], sh.cs);
+        cfg.gridDim = dim3((unsigned)(sh.cs * smCount));
+        cfg.blockDim = dim3((unsigned)sh.threads);
+        cfg.attrs = at;
+        cfg.numAttrs = 1;
+        int nc = 0;
+        if (cudaOccupancyMaxActiveClusters(&nc, sh.fn, &cfg) != cudaSuccess) queryFailed = true;
+        if (nc < 1) nc = 1;
+        if (nc < v) v = nc;
+    }
+    if (queryFailed) (void)cudaGetLastError(); /* a failed query is not the launch's error */
+    if (v < 1) v = 1;
+    slot.store(v, std::memory_order_relaxed);
+    return v;
 }
 
 } // namespace
@@ -802,32 +912,36 @@ extern "C" int arnormKLaunch(const arnormKArgs *a, void *stream) {
         return (int)cudaErrorInvalidValue;
     if (a->dtype < 0 || a->dtype > 2 || a->rows <= 0 || a->hidden <= 0)
         return (int)cudaErrorInvalidValue;
-    const int threads = arnormRowSlots((size_t)a->hidden);
-    KernelFn fn = pickKernel(a->algo, a->dtype, n, threads);
-    if (!fn) return (int)cudaErrorInvalidValue;
-    int occ = occupancy(fn, a->algo, a->dtype, n, threads);
-    long long perSm = a->algo == arnormKNorm ? occ : (occ < 4 ? occ : 4);
-    long long grid = (long long)a->smCount * perSm;
-    const long long maxGrid = grid;
-    if (grid > a->rows) grid = a->rows;
+    const int slots = arnormRowSlots((size_t)a->hidden);
+    const LaunchShape sh = pickKernel(a->algo, a->dtype, n, slots, a->rows, a->clusters);
+    if (!sh.fn) return (int)cudaErrorInvalidValue;
+    /* rows in flight: every block of the grid resident at once (the Lamport kernels spin) */
+    const long long maxUnits = residentUnits(sh, a->algo, a->dtype, n, a->smCount);
+    long long units = a->rows < maxUnits ? a->rows : maxUnits;
     if (a->algo != arnormKNorm && a->clearHint > 0) { /* enough blocks to clear the old slot */
-        long long clearBlocks = (a->clearHint + (long long)threads * 256 - 1) / ((long long)threads * 256);
-        if (clearBlocks > maxGrid) clearBlocks = maxGrid;
-        if (grid < clearBlocks) grid = clearBlocks;
+        const long long per = (long long)sh.threads * sh.cs * 256;
+        long long clearUnits = (a->clearHint + per - 1) / per;
+        if (clearUnits > maxUnits) clearUnits = maxUnits;
+        if (units < clearUnits) units = clearUnits;
     }
-    if (grid < 1) grid = 1;
+    if (units < 1) units = 1;
+    const long long grid = units * sh.cs;
 
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)grid);
-    cfg.blockDim = dim3((unsigned)threads);
+    cfg.blockDim = dim3((unsigned)sh.threads);
     cfg.dynamicSmemBytes = 0;
     cfg.stream = (cudaStream_t)stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchAttribute attr[2];
+    unsigned na = 0;
+    if (a->pdl) {
+        attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[na++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (sh.cs > 1) setClusterAttr(attr[na++], sh.cs);
     cfg.attrs = attr;
-    cfg.numAttrs = a->pdl ? 1 : 0;
-    cudaError_t e = cudaLaunchKernelEx(&cfg, fn, *a);
+    cfg.numAttrs = na;
+    cudaError_t e = cudaLaunchKernelEx(&cfg, sh.fn, *a);
     if (e != cudaSuccess) return (int)e;
     return (int)cudaGetLastError();
 }

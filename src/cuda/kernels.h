@@ -92,6 +92,8 @@ typedef struct {
     /* launch */
     int smCount;
     int pdl; /* programmatic dependent launch (sm_90+) */
+    int clusters; /* thread-block clusters (sm_90+): one-shot rows of more than 512 slots
+                     split over two blocks */
     long long clearHint; /* bytes the call will likely clear (host's mirror of the rotation;
                             only sizes the grid: a call of few rows still clears fast) */
 } arnormKArgs;
