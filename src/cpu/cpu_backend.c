@@ -106,7 +106,13 @@ static inline char *gatherArea(cpuComm *c, int owner) { return stage(c, owner) +
 typedef struct {
     struct timespec start;
     unsigned iter;
+    long long pidCheckMs; /* when (ms into the wait) the peer's process is next looked for */
 } waitState;
+
+/* How often a wait looks for the peer's process, in wall time: counting polls instead made
+ * a dead peer take 16 s to notice when the cores were busy (each sched_yield then gives
+ * the core away for milliseconds). */
+#define PID_CHECK_MS 10
 
 static long long elapsedMs(const struct timespec *t0) {
     struct timespec now;
@@ -145,7 +151,8 @@ static arnormResult_t waitTick(struct arnormComm *comm, waitState *w, int peer,
                           arnormGetErrorString((arnormResult_t)atomic_load(&c->hdr->failCode)),
                           c->rank, what, peer);
     long long ms = elapsedMs(&w->start);
-    if (i % 4096 == 0) {
+    if (ms >= w->pidCheckMs) {
+        w->pidCheckMs = ms + PID_CHECK_MS;
         pid_t pid = atomic_load(&c->hdr->pid[peer]);
         if (pid > 0 && kill(pid, 0) != 0 && errno == ESRCH) {
             markFailed(c, arnormRemoteError);
