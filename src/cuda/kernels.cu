@@ -5,9 +5,10 @@
  * Numerics (DESIGN.md section 1, src/numerics.h), bit for bit with the CPU backend:
  *   a = D(sum over ranks in rank order of float(partial)), -0.0 partials taken as +0.0
  *   h = D(a + residual)    (never -0.0: a is not, see docs/numerics.md)
- *   row tree: one block per row, S = arnormRowSlots(H) threads, thread t sums the squares
- *   of chunks t, t+S, ... (8 elements each, in order), xor butterfly in warps, then over
- *   the warp sums; var = total / H; s = 1 / sqrt(var + eps), correctly rounded
+ *   row tree: one block per row (or a cluster of two, see RowSplit), S = arnormRowSlots(H)
+ *   slots, slot t sums the squares of chunks t, t+S, ... (8 elements each, in order), xor
+ *   butterfly in warps, then over the warp sums; var = total / H; s = 1 / sqrt(var + eps),
+ *   correctly rounded
  *   out = D((h * s) * (weightBias + w))
  * Built with --fmad=false and written with __fadd_rn/__fmul_rn so no FMA is contracted.
  *
@@ -800,10 +801,6 @@ __global__ void fillKernel(uint32_t *p, uint32_t v, size_t n) {
 
 typedef void (*KernelFn)(const arnormKArgs);
 
-#ifndef ARNORM_SPLIT_MAX_ROWS
-#define ARNORM_SPLIT_MAX_ROWS 8
-#endif
-
 /* How one call launches: the kernel, its block size and blocks per row. */
 struct LaunchShape {
     KernelFn fn;
@@ -811,15 +808,15 @@ struct LaunchShape {
     int cs;      /* blocks per row (a cluster when > 1) */
 };
 
-/* One-shot kernels of rows up to 4096 elements (S <= 512) use the 512-thread build: no
- * register spills, the lowest latency; wider rows too on sm_90, split over a cluster of
- * two blocks (RowSplit). Two-shot kernels always use the 1024-thread build: its occupancy
- * (two 512-thread blocks per SM) wins at large sizes (docs/performance.md). */
 /* Rows up to which a wide one-shot row is split over a cluster: measured on H200 at TP2
  * (docs/performance.md), the split wins at 1-8 rows (H=8192 T=1 6.60 -> 5.62 us) and loses
- * from 32 (its cluster barriers cost more than the spills they avoid once blocks overlap). */
-constexpr long long kSplitMaxRows = ARNORM_SPLIT_MAX_ROWS;
+ * from 32. */
+constexpr long long kSplitMaxRows = 8;
 
+/* One-shot kernels of rows up to 4096 elements (S <= 512) use the 512-thread build: no
+ * register spills, the lowest latency; wider rows of calls of few rows too on sm_90, split
+ * over a cluster of two blocks (RowSplit). Two-shot kernels always use the 1024-thread
+ * build: its occupancy (two 512-thread blocks per SM) wins at large sizes. */
 template <typename T>
 LaunchShape pickLamport(int algo, int n, int slots, long long rows, int clusters) {
     const int half = (slots / 2 + 31) / 32 * 32; /* block size of a 2-block split */
