@@ -107,6 +107,7 @@ typedef struct {
     struct timespec start;
     unsigned iter;
     long long pidCheckMs; /* when (ms into the wait) the peer's process is next looked for */
+    int peerGone;         /* its process was gone at the previous look */
 } waitState;
 
 /* How often a wait looks for the peer's process, in wall time: counting polls instead made
@@ -151,14 +152,19 @@ static arnormResult_t waitTick(struct arnormComm *comm, waitState *w, int peer,
                           arnormGetErrorString((arnormResult_t)atomic_load(&c->hdr->failCode)),
                           c->rank, what, peer);
     long long ms = elapsedMs(&w->start);
+    if (w->peerGone) { /* gone at the last look, and the caller has looked at the data again
+                          since: what it wrote before it exited was not what we wait for */
+        markFailed(c, arnormRemoteError);
+        return arnormFail(comm, arnormRemoteError, "rank %d (pid %d) exited while rank %d "
+                          "waited for %s", peer, (int)atomic_load(&c->hdr->pid[peer]), c->rank,
+                          what);
+    }
     if (ms >= w->pidCheckMs) {
         w->pidCheckMs = ms + PID_CHECK_MS;
         pid_t pid = atomic_load(&c->hdr->pid[peer]);
-        if (pid > 0 && kill(pid, 0) != 0 && errno == ESRCH) {
-            markFailed(c, arnormRemoteError);
-            return arnormFail(comm, arnormRemoteError, "rank %d (pid %d) exited while rank "
-                              "%d waited for %s", peer, (int)pid, c->rank, what);
-        }
+        /* not a failure yet: the peer may have written our data and then exited normally
+           since the caller last looked; the caller looks once more first */
+        if (pid > 0 && kill(pid, 0) != 0 && errno == ESRCH) w->peerGone = 1;
     }
     if (ms > comm->settings.timeoutMs) {
         markFailed(c, arnormTimeout);
