@@ -31,6 +31,7 @@ typedef struct {
     arnormAlgo_t algo;
     long long fuseMaxBytes;    /* < 0 until the backend default is known */
     long long oneShotMaxBytes;
+    long long oneShotMaxBytesF32; /* the same for fp32 calls: differs only by the CPU default */
     long long workspaceBytes;
     long long timeoutMs;
     int usePdl;

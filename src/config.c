@@ -63,7 +63,8 @@ static void readEnvironment(void) {
     arnormSettings *s = &env.s;
     s->backend = -1;
     s->algo = -1;
-    s->fuseMaxBytes = s->oneShotMaxBytes = s->workspaceBytes = s->timeoutMs = UNSET_LL;
+    s->fuseMaxBytes = s->oneShotMaxBytes = s->oneShotMaxBytesF32 = s->workspaceBytes =
+        s->timeoutMs = UNSET_LL;
     s->usePdl = s->checkMode = -1;
     env.status = arnormSuccess;
     const char *v;
@@ -198,7 +199,14 @@ void arnormSettingsFinish(arnormSettings *s, arnormBackend_t backend, int nranks
            arithmetic between the cores; docs/performance.md), so the one-shot only serves
            calls of fewer rows than ranks. Chunks of 256 KiB keep the shared segment small
            ((3 x nranks + 3) x 256 KiB per rank). */
-        if (s->oneShotMaxBytes < 0) s->oneShotMaxBytes = 0;
+        /* fp32 rows cost little arithmetic, so splitting them saves less than the copy of
+           the finished rows costs: measured on the CI machine class (docs/performance.md),
+           the one-shot wins for fp32 up to 4 x 4096 rows (1.35-1.38x over the unfused
+           path against 1.12-1.29x for the two-shot), ties at 8, loses from 16 */
+        if (s->oneShotMaxBytes < 0) {
+            s->oneShotMaxBytes = 0;
+            s->oneShotMaxBytesF32 = 64LL << 10;
+        }
         if (s->workspaceBytes < 0) s->workspaceBytes = 256LL << 10;
     } else {
         /* TP2 crossover measured on H200 (docs/performance.md): at 2 MiB the one-shot wins
@@ -212,10 +220,11 @@ void arnormSettingsFinish(arnormSettings *s, arnormBackend_t backend, int nranks
         if (s->workspaceBytes < 0) s->workspaceBytes = s->fuseMaxBytes < ws ? s->fuseMaxBytes : ws;
         if (s->workspaceBytes < 4096) s->workspaceBytes = 4096;
     }
+    if (s->oneShotMaxBytesF32 < 0) s->oneShotMaxBytesF32 = s->oneShotMaxBytes;
     arnormLog(ARNORM_LOG_INFO,
               "settings: backend=%s nranks=%d algo=%s fuseMaxBytes=%lld oneShotMaxBytes=%lld "
-              "workspaceBytes=%lld timeoutMs=%lld pdl=%d check=%d",
+              "(fp32 %lld) workspaceBytes=%lld timeoutMs=%lld pdl=%d check=%d",
               backend == arnormBackendCpu ? "cpu" : "cuda", nranks, arnormGetAlgoString(s->algo),
-              s->fuseMaxBytes, s->oneShotMaxBytes, s->workspaceBytes, s->timeoutMs, s->usePdl,
-              s->checkMode);
+              s->fuseMaxBytes, s->oneShotMaxBytes, s->oneShotMaxBytesF32, s->workspaceBytes,
+              s->timeoutMs, s->usePdl, s->checkMode);
 }

@@ -64,7 +64,9 @@ void arnormDispatch(struct arnormComm *comm, const void *const *ptrs, int nptrs,
         info->algo = (arnormAlgo_t)s->algo;
     else
         /* the CPU two-shot shares rows out: it needs one per rank */
-        info->algo = (long long)(tokens * rowBytes) <= s->oneShotMaxBytes ||
+        info->algo = (long long)(tokens * rowBytes) <= (dtype == arnormFloat32
+                                                            ? s->oneShotMaxBytesF32
+                                                            : s->oneShotMaxBytes) ||
                              (s->backend == arnormBackendCpu && tokens < (size_t)comm->nranks)
                          ? arnormAlgoOneShot
                          : arnormAlgoTwoShot;

@@ -676,7 +676,12 @@ fail_attached:
     comm->impl = NULL;
     return r;
 fail:
-    if (c->hdr) markFailed(c, r); /* mapped but not attached: still tell the group */
+    if (c->hdr) { /* mapped but not attached: still tell the group, and count as attached
+                     so that rank 0 does not wait out the timeout for us before unlinking */
+        markFailed(c, r);
+        if (c->rank != 0 && atomic_fetch_add(&c->hdr->attached, 1) + 1 == (uint32_t)c->N)
+            arnormShmUnlink(c->name);
+    }
     if (c->rank == 0) arnormShmUnlink(c->name); /* harmless when never created */
     cpuFree(c);
     comm->impl = NULL;
