@@ -167,7 +167,9 @@ typedef struct {
     long long fuseMaxBytes;    /* fused path up to this many bytes per rank tensor (T*H*size);
                                   0 disables fusing. Default: per backend and world size.
                                                                     ARNORM_FUSE_MAX_BYTES */
-    long long oneShotMaxBytes; /* one-shot up to this, two-shot above  ARNORM_ONESHOT_MAX_BYTES */
+    long long oneShotMaxBytes; /* one-shot up to this, two-shot above; default per backend
+                                  and world size (CPU: 0, fp32 64 KiB)
+                                                                    ARNORM_ONESHOT_MAX_BYTES */
     long long workspaceBytes;  /* fused workspace per slot; larger calls are chunked
                                                                     ARNORM_WORKSPACE_BYTES */
     long long timeoutMs;       /* bound on every wait for a peer (default 30000)
