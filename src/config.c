@@ -195,14 +195,13 @@ void arnormSettingsFinish(arnormSettings *s, arnormBackend_t backend, int nranks
     s->backend = backend;
     if (s->fuseMaxBytes < 0) s->fuseMaxBytes = arnormDefaultFuseMaxBytes(backend, nranks, smMajor);
     if (backend == arnormBackendCpu) {
-        /* CPU: the two-shot wins as soon as every rank owns a row (it splits the row
-           arithmetic between the cores; docs/performance.md), so the one-shot only serves
-           calls of fewer rows than ranks. Chunks of 256 KiB keep the shared segment small
-           ((3 x nranks + 3) x 256 KiB per rank). */
-        /* fp32 rows cost little arithmetic, so splitting them saves less than the copy of
-           the finished rows costs: measured on the CI machine class (docs/performance.md),
-           the one-shot wins for fp32 up to 4 x 4096 rows (1.35-1.38x over the unfused
-           path against 1.12-1.29x for the two-shot), ties at 8, loses from 16 */
+        /* CPU, 16-bit types: the two-shot wins as soon as every rank owns a row (it splits
+           the row arithmetic between the cores; docs/performance.md), so the one-shot only
+           serves calls of fewer rows than ranks. fp32 rows cost little arithmetic, so the
+           split saves less than copying the finished rows costs: the one-shot wins up to
+           4 x 4096 rows (1.35-1.38x over the unfused path against 1.12-1.29x for the
+           two-shot), ties at 8, loses from 16. Chunks of 256 KiB keep the shared segment
+           small ((3 x nranks + 3) x 256 KiB per rank). */
         if (s->oneShotMaxBytes < 0) {
             s->oneShotMaxBytes = 0;
             s->oneShotMaxBytesF32 = 64LL << 10;
