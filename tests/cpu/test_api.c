@@ -218,6 +218,21 @@ static int reasonsRank(int rank, int nranks, arnormUniqueId id, void *shared, vo
     TU_CHECK(info.reason == arnormReasonMisaligned, "misaligned: %s", arnormGetReasonString(info.reason));
     TU_OK(arnormCanFuse(comm, buf, 1, 4096, 4096, (arnormDataType_t)5, &info));
     TU_CHECK(info.reason == arnormReasonUnsupportedDtype, "dtype: %s", arnormGetReasonString(info.reason));
+    /* the CPU defaults: 16-bit types take the two-shot once every rank owns a row, fp32
+       the one-shot up to 64 KiB per rank tensor (docs/performance.md) */
+    static const struct {
+        size_t tokens;
+        arnormDataType_t dtype;
+        arnormAlgo_t algo;
+    } picks[] = {{2, arnormBfloat16, arnormAlgoTwoShot}, {2, arnormFloat16, arnormAlgoTwoShot},
+                 {2, arnormFloat32, arnormAlgoOneShot},  {4, arnormFloat32, arnormAlgoOneShot},
+                 {5, arnormFloat32, arnormAlgoTwoShot},  {8, arnormFloat32, arnormAlgoTwoShot}};
+    for (size_t i = 0; i < sizeof picks / sizeof picks[0]; i++) {
+        TU_OK(arnormCanFuse(comm, buf, picks[i].tokens, 4096, 4096, picks[i].dtype, &info));
+        TU_CHECK(info.canFuse && info.algo == picks[i].algo, "%zu x 4096 %s: algo %s, want %s",
+                 picks[i].tokens, picks[i].dtype == arnormFloat32 ? "fp32" : "16-bit",
+                 arnormGetAlgoString(info.algo), arnormGetAlgoString(picks[i].algo));
+    }
     TU_OK(arnormCommSetAlgo(comm, arnormAlgoFallback));
     TU_OK(arnormCanFuse(comm, buf, 1, 4096, 4096, arnormBfloat16, &info));
     TU_CHECK(info.reason == arnormReasonDisabled, "disabled: %s", arnormGetReasonString(info.reason));
