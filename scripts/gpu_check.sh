@@ -87,7 +87,8 @@ if has tests; then
   fi
 fi
 
-# ---- reliability: faults and the soak on GPUs 0,1; synccheck on GPUs 2,3
+# ---- reliability: faults and the soak on GPUs 0,1; synccheck on the other lane ($LANE2:
+# beside them on 4 GPUs, after them on 2)
 if has reliability; then
   ( export CUDA_VISIBLE_DEVICES=0,1
     run faults_gpu 120 "$BUILD/tests/gpu/test_faults_gpu"

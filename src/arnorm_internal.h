@@ -40,10 +40,10 @@ typedef struct {
 
 struct arnormComm;
 
-/* A backend: the same operations behind every path. Args are validated before. */
 /* The operations a check-mode descriptor names. */
 enum { OP_FUSED = 1, OP_ALLREDUCE = 2, OP_NORM = 3 };
 
+/* A backend: the same operations behind every path. Args are validated before. */
 typedef struct {
     const char *name;
     /* algo is OneShot, TwoShot or Fallback (never Auto / NormOnly). */

@@ -60,16 +60,18 @@ void arnormDispatch(struct arnormComm *comm, const void *const *ptrs, int nptrs,
     info->reason = why;
     if (why != arnormReasonNone) return;
     info->canFuse = 1;
-    if (forced)
+    if (forced) {
         info->algo = (arnormAlgo_t)s->algo;
-    else
-        /* the CPU two-shot shares rows out: it needs one per rank */
-        info->algo = (long long)(tokens * rowBytes) <= (dtype == arnormFloat32
-                                                            ? s->oneShotMaxBytesF32
-                                                            : s->oneShotMaxBytes) ||
-                             (s->backend == arnormBackendCpu && tokens < (size_t)comm->nranks)
-                         ? arnormAlgoOneShot
-                         : arnormAlgoTwoShot;
+        return;
+    }
+    const long long oneShotMax = dtype == arnormFloat32 ? s->oneShotMaxBytesF32
+                                                        : s->oneShotMaxBytes;
+    /* the CPU two-shot shares rows out: it needs one per rank */
+    const int fewerRowsThanRanks =
+        s->backend == arnormBackendCpu && tokens < (size_t)comm->nranks;
+    info->algo = (long long)(tokens * rowBytes) <= oneShotMax || fewerRowsThanRanks
+                     ? arnormAlgoOneShot
+                     : arnormAlgoTwoShot;
 }
 
 arnormResult_t arnormCanFuse(arnormComm_t comm, const void *ptr, size_t tokens, size_t hidden,

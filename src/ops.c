@@ -8,7 +8,6 @@
 #include "arnorm_internal.h"
 #include "dtype.h"
 
-
 static arnormResult_t checkUsable(arnormComm_t comm) {
     ARNORM_TRY(arnormCheckComm(comm));
     if (comm->asyncError != arnormSuccess)

@@ -254,6 +254,12 @@ typedef struct {
     size_t cleared;
 } lamportCall;
 
+/* Bytes n elements take in a Lamport slot: whole 64-byte blocks (the reader waits on those,
+ * the writer pads to them with +0.0). */
+static size_t lamportBytes(size_t n, int dtype) {
+    return (n * arnormDtypeSize((arnormDataType_t)dtype) + 63) / 64 * 64;
+}
+
 /* Sets up call k on this rank: the slot, and where the senders' data will be: own data
  * (`own`, n elements) in place, each peer's in this rank's slot. */
 static arnormResult_t lamportSetup(struct arnormComm *comm, const void *own, size_t n,
@@ -262,7 +268,7 @@ static arnormResult_t lamportSetup(struct arnormComm *comm, const void *own, siz
     lc->cls = dtype == arnormFloat32 ? CLASS32 : CLASS16;
     if (lc->cls != c->regionClass) ARNORM_TRY(switchClass(comm, lc->cls));
     lc->slot = (int)(c->calls % 3);
-    lc->bytes = (n * arnormDtypeSize((arnormDataType_t)dtype) + 63) / 64 * 64;
+    lc->bytes = lamportBytes(n, dtype);
     lc->cleared = 0;
     for (int q = 0; q < c->N; q++) {
         lc->senders[q] = q == c->rank ? own : (const void *)lamportSlot(c, c->rank, lc->slot, q);
@@ -274,8 +280,7 @@ static arnormResult_t lamportSetup(struct arnormComm *comm, const void *own, siz
 /* Pushes n elements of `src` into this call's slot of peer p's area. */
 static void lamportPush(cpuComm *c, const lamportCall *lc, int p, const void *src, size_t n,
                         int dtype) {
-    const size_t bytes = (n * arnormDtypeSize((arnormDataType_t)dtype) + 63) / 64 * 64;
-    pushWords(lamportSlot(c, p, lc->slot, c->rank), src, n, lc->cls, bytes);
+    pushWords(lamportSlot(c, p, lc->slot, c->rank), src, n, lc->cls, lamportBytes(n, dtype));
 }
 
 /* One-shot: pushes n elements of `src` into slot k % 3 of every peer's area. */
@@ -384,8 +389,8 @@ static arnormResult_t cpuAllReduce(struct arnormComm *comm, const void *send, vo
     return stagedAllReduce(comm, send, recv, count, dtype);
 }
 
-/* Finishes rows [r0 + lo, r0 + lo + n) of the call from the senders' rows in lc (row 0 of
- * each sender = row r0 + lo), a few KiB at a time: wait for those rows, sum them in rank
+/* Finishes rows [row0, row0 + n) of the call from the senders' rows in lc (row 0 of each
+ * sender = row row0), a few KiB at a time: wait for those rows, sum them in rank
  * order straight from the slots, add the residual, normalize, clear what was read. */
 static arnormResult_t finishReceived(struct arnormComm *comm, const arnormNormArgs *a,
                                      lamportCall *lc, size_t row0, size_t n) {
