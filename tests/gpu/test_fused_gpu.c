@@ -144,6 +144,47 @@ static int fusedOnce(Rank *R, arnormComm_t comm, arnormAlgo_t algo, const void *
     return 0;
 }
 
+/* The CPU backend's rows (one rank) on the host's rank-order all-reduce of the partials
+ * must give the GPU's bits: numerics.h is one definition for both backends. */
+static arnormComm_t gCpu; /* one CPU communicator per process, made by the first case */
+
+static int sameAsCpuBackend(int rank, const tuProblem *p, const Case *c, const char *ro0,
+                            const char *no0) {
+    const size_t T = c->T, H = c->H, n = T * H, es = tuSize(c->dt), bytes = n * es;
+    arnormComm_t comm = gCpu; /* AK names it in its message */
+    if (!gCpu) {
+        arnormUniqueId id;
+        AK(arnormGetUniqueId(&id));
+        comm = gCpu = tuInitCpu(0, 1, id, 0, 0);
+        REQ(gCpu, "CPU communicator for the cross-backend check");
+    }
+    char *ar = malloc(bytes), *ro = malloc(bytes), *no = malloc(bytes);
+    REQ(ar && ro && no, "host alloc");
+    for (size_t i = 0; i < n; i++) {
+        float s = 0.0f;
+        for (int r = 0; r < p->nranks; r++) {
+            float v = (float)tuLoad(p->partials[r], i, c->dt);
+            s = s + (v == 0.0f ? 0.0f : v);
+        }
+        tuStore(ar, i, c->dt, (double)s); /* one rounding of the fp32 sum */
+    }
+    tuPoison(ro, bytes);
+    tuPoison(no, bytes);
+    AK(arnormResidualRMSNorm(ar, p->residual, ro, no, p->weight, c->wt, 1e-6f,
+                             H % 2 ? 1.0f : 0.0f, T, H, c->dt, gCpu, NULL));
+    size_t bad = n;
+    for (size_t i = 0; i < n && bad == n; i++)
+        if (memcmp(ro + i * es, ro0 + i * es, es) || memcmp(no + i * es, no0 + i * es, es)) bad = i;
+    REQ(bad == n, "T=%zu H=%zu %s/w%s: element %zu (row %zu) differs from the CPU backend: "
+        "residual_out %g vs %g, norm_out %g vs %g", T, H, tuDtypeName(c->dt),
+        tuDtypeName(c->wt), bad, bad / H, tuLoad(ro0, bad, c->dt), tuLoad(ro, bad, c->dt),
+        tuLoad(no0, bad, c->dt), tuLoad(no, bad, c->dt));
+    free(ar);
+    free(ro);
+    free(no);
+    return 0;
+}
+
 static int runCase(Rank *R, int ci, const Case *c) {
     const int rank = R->rank, world = R->world;
     arnormComm_t comm = R->comm;
@@ -171,6 +212,8 @@ static int runCase(Rank *R, int ci, const Case *c) {
     size_t wrong = tuCheck(&p, ro0, no0, &worst);
     REQ(wrong == 0, "%s T=%zu H=%zu %s/w%s: %zu elements outside tolerance (worst %.3g x tol)",
         arnormGetAlgoString(first), T, H, tuDtypeName(c->dt), tuDtypeName(c->wt), wrong, worst);
+    /* 1b. the CPU backend's bits (rank 0: the ranks' bits are compared in step 6) */
+    if (rank == 0 && sameAsCpuBackend(rank, &p, c, ro0, no0)) return 1;
     /* 2. run to run, and every other path: same bits */
     arnormAlgo_t algos[4] = {first, arnormAlgoTwoShot, arnormAlgoAuto, arnormAlgoOneShot};
     int nalg = world > 1 ? 4 : 2;
