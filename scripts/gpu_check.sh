@@ -14,7 +14,8 @@
 #      alternating, graph replay, same GPUs, then the cost of check mode;
 # and prints a short table last. Logs and CSVs go to $OUT (device tool) or ./gpu-results.
 # On a machine of 2 GPUs the TP3/TP4 runs are skipped (said in the summary) and the lanes
-# that run beside each other on 4 GPUs run one after the other.
+# that run beside each other on 4 GPUs run one after the other; on 1 GPU only TP1 runs (the
+# norm path: tests, sanitizers, the benchmark and torch.compile's norm beside it).
 #   QUICK=1: quick test matrix everywhere (default: full matrix at TP2 and TP4 mp)
 #   TEST_VARIANTS="VAR=value ...": the quick TP2 test again under each setting
 #   AB_TOKENS, AB_HIDDEN: the ab stage's token list and hidden sizes (default 4096)
@@ -33,10 +34,13 @@ SUMMARY="$LOGS/summary.txt"
 note() { echo "$*" | tee -a "$SUMMARY"; }
 
 nvidia-smi -L 2>&1 | tee "$LOGS/gpus.txt"
-NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || echo 0)
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 note "date $(date -u +%FT%TZ) gpus $NGPU $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 nvidia-smi topo -m > "$LOGS/topo.txt" 2>&1
-if [ "$NGPU" -ge 4 ]; then WORLDS="2,4"; LANE2="2,3"; else WORLDS="2"; LANE2="0,1"; fi
+if [ "$NGPU" -ge 4 ]; then WORLDS="2,4"; LANE2="2,3"
+elif [ "$NGPU" -ge 2 ]; then WORLDS="2"; LANE2="0,1"
+else WORLDS="1"; LANE2="0"; fi
+multi() { [ "$NGPU" -ge 2 ] || { note "SKIP  $1: this machine has $NGPU GPU"; return 1; }; }
 
 if [ ! -x "$BUILD/tests/gpu/test_fused_gpu" ] || [ "${REBUILD:-0}" = 1 ]; then
   cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="80;90" \
@@ -81,15 +85,20 @@ if has tests; then
     run test_mp_w4 300 "$T" mp 4 $Q; run test_sp_w4 200 "$T" sp 4 quick
     run test_mp_w3 150 "$T" mp 3 quick; run test_sp_w3 150 "$T" sp 3 quick
     run torch_binding_tp4 240 torchrun --nproc-per-node=4 tests/gpu/test_torch_binding.py --quick --no-timing
-  else
+  elif [ "$NGPU" -ge 2 ]; then
     lane01; lane23
     note "SKIP  TP3/TP4 tests: this machine has $NGPU GPUs"
+  else
+    run test_mp_w1 120 "$T" mp 1 quick; run test_sp_w1 120 "$T" sp 1 quick
+    run memcheck_mp1 240 "$CS" --tool memcheck --report-api-errors no --error-exitcode 9 "$T" mp 1 tiny
+    run racecheck_sp1 200 "$CS" --tool racecheck --report-api-errors no --error-exitcode 9 "$T" sp 1 tiny
+    note "SKIP  TP2-TP4 tests and the torch binding test: this machine has $NGPU GPU"
   fi
 fi
 
 # ---- reliability: faults and the soak on GPUs 0,1; synccheck on the other lane ($LANE2:
 # beside them on 4 GPUs, after them on 2)
-if has reliability; then
+if has reliability && multi "reliability (faults, soak, synccheck at TP2)"; then
   ( export CUDA_VISIBLE_DEVICES=0,1
     run faults_gpu 120 "$BUILD/tests/gpu/test_faults_gpu"
     run soak_gpu_tp2 300 "$BUILD/tests/gpu/test_soak_gpu" 2 1000000 ) &
@@ -114,8 +123,8 @@ if has ab; then
       for v in ${AB_VARIANTS:-}; do run "ab_h${h}_${v}_$i" 200 env "$v" "$B" $ABT; done
     done
   done
-  run checkmode_off 120 "$B" -B cuda -g 2 -t 1,128 -H 4096 -d bf16 -G 0
-  run checkmode_on 120 "$B" -B cuda -g 2 -t 1,128 -H 4096 -d bf16 -G 0 -C 1
+  run checkmode_off 120 "$B" -B cuda -g "${WORLDS##*,}" -t 1,128 -H 4096 -d bf16 -G 0
+  run checkmode_on 120 "$B" -B cuda -g "${WORLDS##*,}" -t 1,128 -H 4096 -d bf16 -G 0 -C 1
   echo "==== ab (graph us: tokens world path time base)"
   for f in "$LOGS"/ab_*.log; do
     echo "-- $(basename "$f" .log)"; awk '!/^#/ && NF>=12 && $6=="graph" {printf "%s/%s %s %s %s | ", $1,$4,$5,$7,$11} END {print ""}' "$f"
@@ -136,7 +145,7 @@ else
   note "SKIP  torch_baseline: .carry/torch_baseline.py not carried"
 fi
 # ---- 3. the example (before the extra hidden sizes: a call may run out of time)
-has example && run example_tp2 200 torchrun --nproc-per-node=2 examples/gemma_decoder_step.py
+has example && multi example_tp2 && run example_tp2 200 torchrun --nproc-per-node=2 examples/gemma_decoder_step.py
 run bench_h8192 300 "$B" -B cuda -g "${WORLDS##*,}" -t 1,8,32,128,512,2048,8192 -H 8192 -d bf16 -G 1 -o "$LOGS/bench.csv"
 run bench_h2304 300 "$B" -B cuda -g $WORLDS -t 1,32,512 -H 2304 -d bf16 -G 1 -o "$LOGS/bench.csv"
 run bench_h5376 300 "$B" -B cuda -g $WORLDS -t 1,32,512 -H 5376 -d bf16 -G 1 -o "$LOGS/bench.csv"

@@ -881,10 +881,13 @@ struct LaunchShape {
     int cs;      /* blocks per row (a cluster when > 1) */
 };
 
-/* Rows up to which a wide one-shot row is split over a cluster: measured on H200 at TP2
- * (docs/performance.md), the split wins at 1-8 rows (H=8192 T=1 6.60 -> 5.62 us) and loses
- * from 32. */
-constexpr long long kSplitMaxRows = 8;
+/* Rows up to which a wide one-shot row is split over a cluster: measured on H200 at TP2,
+ * H=8192 (docs/performance.md), the split wins at 1-12 rows (T=1 6.60 -> 5.62 us, T=12
+ * 6.41 -> 5.92), ties at 16 and loses from 24 (6.48 -> 7.02). */
+#ifndef ARNORM_SPLIT_MAX_ROWS /* a build flag only for A/B runs (scripts/gpu_check.sh AB_LIBS) */
+#define ARNORM_SPLIT_MAX_ROWS 16
+#endif
+constexpr long long kSplitMaxRows = ARNORM_SPLIT_MAX_ROWS;
 
 /* One-shot kernels of rows up to 4096 elements (S <= 512) use the 512-thread build: no
  * register spills, the lowest latency; wider rows of calls of few rows too on sm_90, split
