@@ -469,7 +469,7 @@ __global__ void __launch_bounds__(1024) normKernel(const arnormKArgs a) {
 }
 
 /*
- * Residual + RMSNorm of 16-bit rows of at most 512 slots (one chunk per thread). Each block
+ * Residual + RMSNorm of 16-bit rows of at most MaxT slots (one chunk per thread). Each block
  * loads the next row's input and residual before it finishes the current row, so two rows
  * of loads are in flight per block instead of one, and keeps weightBias + w in registers
  * for all its rows. Same operations in the same order as finishRow: the same bits (the GPU
@@ -477,8 +477,8 @@ __global__ void __launch_bounds__(1024) normKernel(const arnormKArgs a) {
  * peak); this one is 1.40x faster at 8192 x 4096 bf16 on H200. fp32 rows (twice the
  * registers per chunk) measured 1.08x slower this way, so they keep normKernel.
  */
-template <typename T>
-__global__ void __launch_bounds__(512, 2) normKernelPipelined(const arnormKArgs a) {
+template <typename T, int MaxT, int MinBlocks>
+__global__ void __launch_bounds__(MaxT, MinBlocks) normKernelPipelined(const arnormKArgs a) {
     __shared__ float red[33];
     pdlWait();
     const bool vec = isVec(a);
@@ -879,6 +879,8 @@ struct LaunchShape {
     KernelFn fn;
     int threads; /* block size */
     int cs;      /* blocks per row (a cluster when > 1) */
+    int alt;     /* 1: the second kernel of one (algo, dtype, n, threads): the cluster split,
+                    or the plain norm kernel for rows of several chunks per slot */
 };
 
 /* Rows up to which a wide one-shot row is split over a cluster: measured on H200 at TP2,
@@ -900,7 +902,7 @@ LaunchShape pickLamport(int algo, int n, int slots, long long rows, int clusters
 #define ARNORM_K(NN)                                                                           \
     case NN:                                                                                   \
         if (algo == arnormKTwoShot) return {(KernelFn)twoShotKernel<T, NN, 1024>, slots, 1};  \
-        if (split) return {(KernelFn)oneShotKernel<T, NN, 512, 2>, half, 2};                   \
+        if (split) return {(KernelFn)oneShotKernel<T, NN, 512, 2>, half, 2, 1};                \
         return slots <= 512 ? LaunchShape{(KernelFn)oneShotKernel<T, NN, 512, 1>, slots, 1}    \
                             : LaunchShape{(KernelFn)oneShotKernel<T, NN, 1024, 1>, slots, 1};
     switch (n) {
@@ -916,11 +918,21 @@ LaunchShape pickLamport(int algo, int n, int slots, long long rows, int clusters
 #undef ARNORM_K
 }
 
-LaunchShape pickKernel(int algo, int dtype, int n, int slots, long long rows, int clusters) {
+/* 16-bit norm rows of one chunk per slot (H <= 8192): pipelined, two 512-thread blocks per
+ * SM or one of 1024 threads (64 registers either way); wider rows (several chunks per
+ * slot) the plain kernel. */
+template <typename T>
+KernelFn pickNorm(int slots, long long nchunks) {
+    if (nchunks > slots) return normKernel<T>;
+    return slots <= 512 ? normKernelPipelined<T, 512, 2> : normKernelPipelined<T, 1024, 1>;
+}
+
+LaunchShape pickKernel(int algo, int dtype, int n, int slots, long long nchunks, long long rows,
+                       int clusters) {
     if (algo == arnormKNorm) {
         switch (dtype) {
-        case 0: return {slots <= 512 ? normKernelPipelined<Bf16> : normKernel<Bf16>, slots, 1};
-        case 1: return {slots <= 512 ? normKernelPipelined<Fp16> : normKernel<Fp16>, slots, 1};
+        case 0: return {pickNorm<Bf16>(slots, nchunks), slots, 1, nchunks > slots};
+        case 1: return {pickNorm<Fp16>(slots, nchunks), slots, 1, nchunks > slots};
         case 2: return {normKernel<Fp32>, slots, 1};
         default: return {nullptr, 0, 1};
         }
@@ -946,7 +958,7 @@ void setClusterAttr(cudaLaunchAttribute &at, int cs) {
 std::atomic<long long> gResident[3][3][9][33][2];
 
 long long residentUnits(const LaunchShape &sh, int algo, int dtype, int n, int smCount) {
-    std::atomic<long long> &slot = gResident[algo][dtype][n][sh.threads / 32][sh.cs > 1];
+    std::atomic<long long> &slot = gResident[algo][dtype][n][sh.threads / 32][sh.alt];
     long long v = slot.load(std::memory_order_relaxed);
     if (v > 0) return v;
     int occ = 0;
@@ -986,7 +998,8 @@ extern "C" int arnormKLaunch(const arnormKArgs *a, void *stream) {
     if (a->dtype < 0 || a->dtype > 2 || a->rows <= 0 || a->hidden <= 0)
         return (int)cudaErrorInvalidValue;
     const int slots = arnormRowSlots((size_t)a->hidden);
-    const LaunchShape sh = pickKernel(a->algo, a->dtype, n, slots, a->rows, a->clusters);
+    const LaunchShape sh = pickKernel(a->algo, a->dtype, n, slots, (a->hidden + 7) / 8, a->rows,
+                                      a->clusters);
     if (!sh.fn) return (int)cudaErrorInvalidValue;
     /* rows in flight: every block of the grid resident at once (the Lamport kernels spin) */
     const long long maxUnits = residentUnits(sh, a->algo, a->dtype, n, a->smCount);
