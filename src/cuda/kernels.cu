@@ -345,6 +345,37 @@ __device__ __forceinline__ float rowTree(float v, float *red, int parity) {
 }
 
 /*
+ * The arithmetic of a chunk and of a row's scale, one copy for every kernel: all paths give
+ * the same bits (numerics.h defines them; the CPU backend computes the same).
+ * residualStep: h = D(x + residual) in x when addResidual; returns h as a chunk of T (what
+ * residual_out stores). addSquares: h's squares added to sumsq in element order (after the
+ * stores, so that they go out first).
+ */
+template <typename T>
+__device__ __forceinline__ Chunk<T> residualStep(float x[8], bool addResidual, const Chunk<T> &r) {
+    if (addResidual) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) x[i] = roundTo<T>(__fadd_rn(x[i], getf(r, i)));
+    }
+    Chunk<T> o;
+#pragma unroll
+    for (int i = 0; i < 8; i++) setf(o, i, x[i]);
+    return o;
+}
+
+__device__ __forceinline__ void addSquares(const float x[8], float &sumsq) {
+    /* elements past the row end are +0.0: adding 0 * 0 leaves sumsq unchanged */
+#pragma unroll
+    for (int i = 0; i < 8; i++) sumsq = __fadd_rn(sumsq, __fmul_rn(x[i], x[i]));
+}
+
+/* 1 / sqrt(mean of squares + eps), each operation rounded once. */
+__device__ __forceinline__ float rowScale(float total, long long hidden, float eps) {
+    const float var = __fdiv_rn(total, (float)hidden);
+    return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
+}
+
+/*
  * Finishes one row whose pre-residual values come from `get(c, x)` (x already -0-mapped
  * floats of D values): h = D(x + residual) when addResidual, else h = x; stores h to
  * residualOut and hands each chunk of it to `put(c, h)` (the two-shot's all-gather);
@@ -374,29 +405,17 @@ __device__ __forceinline__ void finishRow(const arnormKArgs &a, long long row, b
         if (k == 0 && a.doNorm) loadWeight<T>(w0, a.weight, a.weightType == 2, c, hidden, vec);
         float x[8];
         get(c, x);
-        if (addResidual) {
-#pragma unroll
-            for (int i = 0; i < 8; i++) x[i] = roundTo<T>(__fadd_rn(x[i], getf(r, i)));
-        }
-        Chunk<T> o;
-#pragma unroll
-        for (int i = 0; i < 8; i++) setf(o, i, x[i]);
+        const Chunk<T> o = residualStep<T>(x, addResidual, r);
         if (a.residualOut) storeUser(a.residualOut, o, row, c, hidden, a.count, vec);
         put(c, o);
-        if (a.doNorm) {
-            /* elements past the row end are +0.0: adding 0 * 0 leaves acc unchanged */
-#pragma unroll
-            for (int i = 0; i < 8; i++) sumsq = __fadd_rn(sumsq, __fmul_rn(x[i], x[i]));
-        }
+        if (a.doNorm) addSquares(x, sumsq);
         if (k == 0) {
 #pragma unroll
             for (int i = 0; i < 8; i++) h0[i] = x[i];
         }
     }
     if (!a.doNorm) return;
-    const float total = rowTree<CS>(sumsq, red, parity);
-    const float var = __fdiv_rn(total, (float)hidden);
-    const float s = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, a.eps)));
+    const float s = rowScale(rowTree<CS>(sumsq, red, parity), hidden, a.eps);
     k = 0;
     for (long long c = sp.slot; c < nchunks; c += S, k++) {
         float h[8];
@@ -512,21 +531,12 @@ __global__ void __launch_bounds__(MaxT, MinBlocks) normKernelPipelined(const arn
             mapNegZero(in);
 #pragma unroll
             for (int i = 0; i < 8; i++) x[i] = getf(in, i);
-            if (addRes) {
-#pragma unroll
-                for (int i = 0; i < 8; i++) x[i] = roundTo<T>(__fadd_rn(x[i], getf(res, i)));
-            }
-            Chunk<T> o;
-#pragma unroll
-            for (int i = 0; i < 8; i++) setf(o, i, x[i]);
+            const Chunk<T> o = residualStep<T>(x, addRes, res);
             if (a.residualOut) storeUser(a.residualOut, o, row, c, hidden, a.count, vec);
-#pragma unroll
-            for (int i = 0; i < 8; i++) sumsq = __fadd_rn(sumsq, __fmul_rn(x[i], x[i]));
+            addSquares(x, sumsq);
         }
         if (a.doNorm) {
-            const float total = rowTree<1>(sumsq, red, 0);
-            const float var = __fdiv_rn(total, (float)hidden);
-            const float s = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, a.eps)));
+            const float s = rowScale(rowTree<1>(sumsq, red, 0), hidden, a.eps);
             if (mine) {
                 Chunk<T> o;
 #pragma unroll
