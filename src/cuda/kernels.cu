@@ -504,21 +504,20 @@ __global__ void __launch_bounds__(MaxT, MinBlocks) normKernelPipelined(const arn
     const long long hidden = a.hidden, nchunks = (hidden + 7) / 8;
     const long long c = threadIdx.x;
     const bool mine = c < nchunks, addRes = a.residual != nullptr;
-    float wsum[8];
-    {
-        float w[8];
-#pragma unroll
-        for (int i = 0; i < 8; i++) w[i] = 0.0f;
-        if (mine) loadWeight<T>(w, a.weight, a.weightType == 2, c, hidden, vec);
-#pragma unroll
-        for (int i = 0; i < 8; i++) wsum[i] = __fadd_rn(a.weightBias, w[i]);
-    }
+    /* the first row's loads and the weight's all go out before anything waits on one
+     * (weight first, with its bias added at once, made T = 1 0.12 us slower) */
     Chunk<T> in, res, inNext, resNext;
     long long row = blockIdx.x;
     if (row < a.rows && mine) {
         loadUser(in, a.input, row, c, hidden, a.count, vec);
         if (addRes) loadUser(res, a.residual, row, c, hidden, a.count, vec);
     }
+    float wsum[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) wsum[i] = 0.0f;
+    if (mine) loadWeight<T>(wsum, a.weight, a.weightType == 2, c, hidden, vec);
+#pragma unroll
+    for (int i = 0; i < 8; i++) wsum[i] = __fadd_rn(a.weightBias, wsum[i]);
     for (; row < a.rows; row += gridDim.x) {
         const long long next = row + gridDim.x;
         if (next < a.rows && mine) {
