@@ -38,6 +38,12 @@ typedef struct {
     int checkMode;
 } arnormSettings;
 
+/* The one-shot's limit (bytes per rank tensor) for calls of `dtype`: one rule for the fused
+ * dispatch and the plain all-reduce. */
+static inline long long arnormOneShotMaxBytes(const arnormSettings *s, arnormDataType_t dtype) {
+    return dtype == arnormFloat32 ? s->oneShotMaxBytesF32 : s->oneShotMaxBytes;
+}
+
 struct arnormComm;
 
 /* The operations a check-mode descriptor names. */

@@ -64,14 +64,13 @@ void arnormDispatch(struct arnormComm *comm, const void *const *ptrs, int nptrs,
         info->algo = (arnormAlgo_t)s->algo;
         return;
     }
-    const long long oneShotMax = dtype == arnormFloat32 ? s->oneShotMaxBytesF32
-                                                        : s->oneShotMaxBytes;
     /* the CPU two-shot shares rows out: it needs one per rank */
     const int fewerRowsThanRanks =
         s->backend == arnormBackendCpu && tokens < (size_t)comm->nranks;
-    info->algo = (long long)(tokens * rowBytes) <= oneShotMax || fewerRowsThanRanks
-                     ? arnormAlgoOneShot
-                     : arnormAlgoTwoShot;
+    const int oneShot = (long long)(tokens * rowBytes) <=
+                            arnormOneShotMaxBytes(s, (arnormDataType_t)dtype) ||
+                        fewerRowsThanRanks;
+    info->algo = oneShot ? arnormAlgoOneShot : arnormAlgoTwoShot;
 }
 
 arnormResult_t arnormCanFuse(arnormComm_t comm, const void *ptr, size_t tokens, size_t hidden,

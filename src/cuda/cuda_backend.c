@@ -424,8 +424,9 @@ static arnormResult_t cudaAllReduce(struct arnormComm *comm, const void *send, v
         else if (comm->settings.algo == arnormAlgoTwoShot)
             algo = arnormKTwoShot;
         else
-            algo = (long long)(count * es) <= comm->settings.oneShotMaxBytes ? arnormKOneShot
-                                                                             : arnormKTwoShot;
+            algo = (long long)(count * es) <= arnormOneShotMaxBytes(&comm->settings, dtype)
+                       ? arnormKOneShot
+                       : arnormKTwoShot;
         r = runLamport(comm, im, k, k.rows, k.count, algo, s);
     }
     deviceRestore(prev, im->device);
