@@ -73,10 +73,13 @@ lane01() {
   run test_mp_w1 120 "$T" mp 1 quick; run test_sp_w1 120 "$T" sp 1 quick
   for v in ${TEST_VARIANTS:-}; do run "test_mp_w2_$v" 200 env "$v" "$T" mp 2 quick; done
 }
+sanitizers() { # world: memcheck multi-process, racecheck single-process, tiny matrix
+  run memcheck_mp$1 240 "$CS" --tool memcheck --report-api-errors no --error-exitcode 9 "$T" mp "$1" tiny
+  run racecheck_sp$1 200 "$CS" --tool racecheck --report-api-errors no --error-exitcode 9 "$T" sp "$1" tiny
+}
 lane23() {
   export CUDA_VISIBLE_DEVICES=$LANE2
-  run memcheck_mp2 240 "$CS" --tool memcheck --report-api-errors no --error-exitcode 9 "$T" mp 2 tiny
-  run racecheck_sp2 200 "$CS" --tool racecheck --report-api-errors no --error-exitcode 9 "$T" sp 2 tiny
+  sanitizers 2
   run torch_binding_tp2 240 torchrun --nproc-per-node=2 tests/gpu/test_torch_binding.py --quick --no-timing
 }
 if has tests; then
@@ -90,8 +93,7 @@ if has tests; then
     note "SKIP  TP3/TP4 tests: this machine has $NGPU GPUs"
   else
     run test_mp_w1 120 "$T" mp 1 quick; run test_sp_w1 120 "$T" sp 1 quick
-    run memcheck_mp1 240 "$CS" --tool memcheck --report-api-errors no --error-exitcode 9 "$T" mp 1 tiny
-    run racecheck_sp1 200 "$CS" --tool racecheck --report-api-errors no --error-exitcode 9 "$T" sp 1 tiny
+    sanitizers 1
     note "SKIP  TP2-TP4 tests and the torch binding test: this machine has $NGPU GPU"
   fi
 fi
