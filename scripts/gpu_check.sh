@@ -4,8 +4,8 @@
 #   1. GPU test suite at TP 1-4, multi-process (mp) and single-process (sp), with
 #      compute-sanitizer memcheck/racecheck and the PyTorch binding test running beside it
 #      on the other GPUs (correctness only: nothing is timed while they run);
-#   2. arnorm-bench (CUDA-graph replay and stream loop, NCCL + norm baseline in the same
-#      run), then ../shared/bench/torch_baseline.py (carried in .carry/) on the same GPUs;
+#   2. arnorm-floors (the machine's graph node, NVLink latency and bandwidth), arnorm-bench
+#      (CUDA-graph replay and stream loop, NCCL + norm baseline in the same run), then ../shared/bench/torch_baseline.py (carried in .carry/) on the same GPUs;
 #   3. the Gemma decoder example;
 #   reliability: fault tests (killed rank, skipped call, shape mismatch in check mode), a
 #      10^6-call soak at TP2 and compute-sanitizer synccheck, beside each other;
@@ -138,6 +138,8 @@ fi
 
 # ---- 2. speed: arnorm-bench, then the PyTorch alternatives, same GPUs, nothing else running
 if has speed; then
+# the machine's own floors first (graph node, NVLink latency and bandwidth, HBM copy)
+run floors 120 "$BUILD/bench/arnorm-floors" -r 9
 run bench_h4096 400 "$B" -B cuda -g $WORLDS -t 1,8,32,128,512,2048,8192 -H 4096 -d bf16 -G 2 -o "$LOGS/bench.csv"
 if [ -f .carry/torch_baseline.py ]; then
   for w in ${WORLDS//,/ }; do
@@ -153,6 +155,7 @@ run bench_h2304 300 "$B" -B cuda -g $WORLDS -t 1,32,512 -H 2304 -d bf16 -G 1 -o 
 run bench_h5376 300 "$B" -B cuda -g $WORLDS -t 1,32,512 -H 5376 -d bf16 -G 1 -o "$LOGS/bench.csv"
 fi
 
+[ -f "$LOGS/floors.log" ] && { echo "==== arnorm-floors"; grep -v '^# floor' "$LOGS/floors.log"; }
 echo "==== arnorm-bench (bf16, median us per call; base = NCCL all-reduce + norm kernel, same run)"
 grep -h -v '^#' "$LOGS"/bench_h4096.log "$LOGS"/bench_h8192.log 2>/dev/null | awk 'NF>=12'
 for w in ${WORLDS//,/ }; do echo "==== torch_baseline TP$w"; tail -12 "$LOGS/torch_baseline_tp$w.log" 2>/dev/null; done

@@ -507,6 +507,9 @@ static arnormResult_t cudaDestroy(struct arnormComm *comm, int abort) {
             }
         cudaSetDevice(im->device);
         if (r == arnormSuccess) r = checkAsync(comm, im);
+#ifdef ARNORM_KERNEL_STAMPS
+        arnormKStampsPrint(comm->rank);
+#endif
     }
     freeImpl(im, abort);
     comm->impl = NULL;

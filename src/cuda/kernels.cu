@@ -31,6 +31,12 @@
 #include "../numerics.h"
 #include "kernels.h"
 
+#ifdef ARNORM_KERNEL_STAMPS
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+#endif
+
 namespace {
 
 constexpr uint32_t kSentinel = ARNORM_SENTINEL_WORD;
@@ -136,6 +142,42 @@ __device__ __forceinline__ unsigned long long globalTimer() {
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     return t;
 }
+
+#ifdef ARNORM_KERNEL_STAMPS
+/* Development builds only (kernels.h): the one-shot's block 0, thread 0 notes when it
+ * reaches each phase (STAMP into gStampNow) and files the call's row under its index at the
+ * end (STAMP_COMMIT). Phases: */
+enum { kStStart, kStCtrlLoaded, kStArrived, kStCtrlShared, kStPushed, kStCleared, kStFirstIn,
+       kStWarpSums, kStTree, kStRowDone, kStEnd, kStPhases };
+#define STAMP_CALLS 1024
+__device__ unsigned long long gStamps[STAMP_CALLS][kStPhases];
+__device__ unsigned long long gStampNow[kStPhases];
+/* the clobber keeps the compiler from moving memory operations across a stamp, and the
+ * in-order issue makes the timer wait for the instructions before it (e.g. a store of a
+ * loaded value waits for the load) */
+__device__ __forceinline__ unsigned long long stampTimer() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
+    return t;
+}
+#define STAMP(phase)                                                                        \
+    do {                                                                                    \
+        if (blockIdx.x == 0 && threadIdx.x == 0) gStampNow[phase] = stampTimer();           \
+    } while (0)
+#define STAMP_COMMIT(count)                                                                 \
+    do {                                                                                    \
+        if (blockIdx.x == 0 && threadIdx.x == 0)                                            \
+            for (int p_ = 0; p_ < kStPhases; p_++)                                          \
+                gStamps[(count) % STAMP_CALLS][p_] = gStampNow[p_];                         \
+    } while (0)
+#else
+#define STAMP(phase) \
+    do {             \
+    } while (0)
+#define STAMP_COMMIT(count) \
+    do {                    \
+    } while (0)
+#endif
 
 template <typename T>
 __device__ __forceinline__ void storeChunk(void *p, const Chunk<T> &c) {
@@ -325,6 +367,7 @@ __device__ __forceinline__ float rowTree(float v, float *red, int parity) {
     } else {
         clusterSync();
     }
+    STAMP(kStWarpSums);
     if (warp == 0) {
         float u = 0.0f;
         if constexpr (CS == 1) {
@@ -341,6 +384,7 @@ __device__ __forceinline__ float rowTree(float v, float *red, int parity) {
         if (lane == 0) r[32] = u;
     }
     __syncthreads();
+    STAMP(kStTree);
     return r[32];
 }
 
@@ -552,8 +596,12 @@ __global__ void __launch_bounds__(MaxT, MinBlocks) normKernelPipelined(const arn
 
 /*
  * The rotation state a Lamport call works with, read once per block from the control
- * block. Every block reads it at its start and then announces its arrival; block 0 moves
- * the rotation on at its end, once every block has arrived. Nothing at the end of the call
+ * block. Every other block reads it at its start and then announces its arrival; block 0
+ * moves the rotation on at its end, once every other block has arrived. Block 0 itself does
+ * not announce: its thread 0 reads the state and later overwrites it, in program order, and
+ * the release its announcement needs (a fence that waits for every load before it) was
+ * on the critical path of one-block calls: T=1 TP2 4.6 -> 4.2 us on H200 without it (found
+ * with ARNORM_KERNEL_STAMPS, docs/performance.md). Nothing at the end
  * waits on a fence or an atomic's reply: the next kernel reads the new state only after this
  * one completes (stream order, or griddepcontrol.wait under PDL).
  */
@@ -576,10 +624,14 @@ __device__ __forceinline__ LamportState lamportBegin(const arnormKArgs &a) {
         sh[2] = (unsigned long long)*(volatile int *)&ctrl->failed;
         sh[3] = *(volatile unsigned long long *)&ctrl->prevKeep[0];
         sh[4] = *(volatile unsigned long long *)&ctrl->prevKeep[1];
+        STAMP(kStCtrlLoaded);
         /* release: the loads above are done before block 0 can see this arrival */
-        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(&ctrl->arrived) : "memory");
+        if (blockIdx.x != 0)
+            asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(&ctrl->arrived) : "memory");
+        STAMP(kStArrived);
     }
     __syncthreads();
+    STAMP(kStCtrlShared);
     LamportState st;
     st.count = sh[0];
     st.slot = (int)(st.count % 3);
@@ -608,16 +660,16 @@ __device__ __forceinline__ void lamportEnd(const arnormKArgs &a, LamportState &s
     arnormKCtrl *ctrl = a.ctrl;
     /* Blocks arrive at their start and the grid is co-resident, so this is short; the
      * bound only keeps a broken launch from spinning forever. */
-    for (unsigned iter = 0;; iter++) {
+    for (unsigned iter = 0; gridDim.x > 1; iter++) {
         unsigned arrived;
         asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(arrived) : "l"(&ctrl->arrived) : "memory");
-        if (arrived >= gridDim.x) break;
+        if (arrived >= gridDim.x - 1) break;
         if ((iter & 63u) == 0 && globalTimer() > st.w.deadline) {
             waitFail(st.w, ctrl, a.rank);
             break;
         }
     }
-    ctrl->arrived = 0;
+    if (gridDim.x > 1) ctrl->arrived = 0;
     ctrl->prevUsed = (unsigned long long)used;
     ctrl->prevKeep[0] = keep0;
     ctrl->prevKeep[1] = keep1;
@@ -685,6 +737,7 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
     if constexpr (CS > 1) __trap(); /* clusters: sm_90+ only (the host never asks before) */
 #endif
     pdlWait();
+    STAMP(kStStart);
     const bool vec = isVec(a);
     const long long hidden = a.hidden, nchunks = (hidden + 7) / 8;
     const int rank = a.rank;
@@ -722,8 +775,10 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
                 if (p != rank) storeChunk((char *)a.peerBuf[p] + off, x);
         }
     }
+    STAMP(kStPushed);
     /* 2. clear the slot the previous call read */
     lamportClear(mine + (long long)st.clearSlot * a.slotBytes, st);
+    STAMP(kStCleared);
 
     /* 3. wait, sum in rank order, residual, norm */
     const unsigned peers = ((1u << N) - 1u) & ~(1u << rank);
@@ -733,12 +788,16 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
                          [&](long long c, float x[8]) {
             sumRanks<T, N>(x, a, row, c, hidden, vec, rank, peers, mine + slotOff + row * pitch + c * cb,
                            region, st.w, ctrl);
+            if (row == unit && c == sp.slot) STAMP(kStFirstIn);
         }, NoPut());
     }
+    STAMP(kStRowDone);
     /* a cluster peer may still read our warp sums: leave only once it is done */
     if constexpr (CS > 1) clusterSync();
     /* peers never write region `rank` of our slot */
     lamportEnd(a, st, (long long)N * region, keepRange(rank * region, region), 0);
+    STAMP(kStEnd);
+    STAMP_COMMIT(st.count);
     pdlTrigger();
 }
 
@@ -1046,6 +1105,51 @@ extern "C" int arnormKCheck(const arnormKArgs *a, const unsigned int desc[4], vo
     checkKernel<<<1, 32, 0, (cudaStream_t)stream>>>(*a, make_uint4(desc[0], desc[1], desc[2], desc[3]));
     return (int)cudaGetLastError();
 }
+
+#ifdef ARNORM_KERNEL_STAMPS
+extern "C" void arnormKStampsPrint(int rank) {
+    static unsigned long long h[STAMP_CALLS][kStPhases];
+    if (cudaMemcpyFromSymbol(h, gStamps, sizeof h) != cudaSuccess) {
+        fprintf(stderr, "arnorm stamps: rank %d: cudaMemcpyFromSymbol failed\n", rank);
+        return;
+    }
+    static const char *names[kStPhases] = {"start", "ctrl loaded", "arrived", "ctrl shared",
+                                           "pushed", "cleared", "1st chunk in", "warp sums",
+                                           "tree", "row done", "end"};
+    std::vector<long long> d[kStPhases], period;
+    for (int k = 0; k < STAMP_CALLS; k++) {
+        bool ok = h[k][0] != 0;
+        for (int p = 0; p < kStPhases; p++) ok = ok && h[k][p] >= h[k][0] && h[k][p] - h[k][0] < 1000000;
+        if (!ok) continue;
+        for (int p = 1; p < kStPhases; p++) d[p].push_back((long long)(h[k][p] - h[k][0]));
+        const int n = (k + 1) % STAMP_CALLS;
+        if (h[n][0] > h[k][0] && h[n][0] - h[k][0] < 100000) period.push_back((long long)(h[n][0] - h[k][0]));
+    }
+    if (d[1].empty()) {
+        fprintf(stderr, "arnorm stamps: rank %d: no one-shot call recorded\n", rank);
+        return;
+    }
+    auto med = [](std::vector<long long> v) {
+        std::sort(v.begin(), v.end());
+        return v.empty() ? -1LL : v[v.size() / 2];
+    };
+    char line[1024];
+    int o = snprintf(line, sizeof line, "arnorm stamps: rank %d, %zu calls, ns after start (median):",
+                     rank, d[1].size());
+    for (int p = 1; p < kStPhases && o < (int)sizeof line; p++)
+        o += snprintf(line + o, sizeof line - o, " %s %lld,", names[p], med(d[p]));
+    if (o < (int)sizeof line) snprintf(line + o, sizeof line - o, " start to next start %lld\n", med(period));
+    fputs(line, stderr);
+    /* absolute times of a few calls, for comparing the ranks (same call index on each) */
+    for (int k = 500; k < 503; k++) {
+        o = snprintf(line, sizeof line, "arnorm stamps: rank %d call %d abs ns mod 1e6:", rank, k);
+        for (int p = 0; p < kStPhases && o < (int)sizeof line; p++)
+            o += snprintf(line + o, sizeof line - o, " %llu", h[k][p] % 1000000ull);
+        if (o < (int)sizeof line) snprintf(line + o, sizeof line - o, "\n");
+        fputs(line, stderr);
+    }
+}
+#endif
 
 extern "C" int arnormKFill32(void *p, unsigned int value, size_t words, void *stream) {
     if (words == 0) return 0;

@@ -46,7 +46,7 @@ typedef struct {
     unsigned long long prevKeep[2]; /* within them, ranges peers never wrote (this rank's own
                                        regions, never written either): offset << 32 | bytes
                                        in 16-byte units; the clear skips them */
-    unsigned int arrived;        /* blocks of the running call that have read the above */
+    unsigned int arrived;        /* blocks but block 0 of the running call that have read the above */
     int failed;                  /* a wait timed out or shapes differed: later kernels write
                                     nothing and wait for nothing */
     unsigned long long checkCount; /* check-mode exchanges made: check slot = checkCount % 3 */
@@ -124,6 +124,13 @@ int arnormKCheck(const arnormKArgs *args, const unsigned int desc[4], void *stre
 
 /* Fills `words` 32-bit words at p with `value` (stream-ordered). */
 int arnormKFill32(void *p, unsigned int value, size_t words, void *stream);
+
+#ifdef ARNORM_KERNEL_STAMPS
+/* Development builds only (-DARNORM_KERNEL_STAMPS): block 0 of each one-shot call records
+ * %globaltimer at its phases; prints, for the current device, the median time from the
+ * kernel's start to each phase over the calls recorded. Called at communicator destroy. */
+void arnormKStampsPrint(int rank);
+#endif
 
 #ifdef __cplusplus
 }

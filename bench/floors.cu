@@ -1,0 +1,326 @@
+/*
+ * floors.cu - arnorm-floors: what the machine itself allows, measured with no arnorm code,
+ * so each arnorm figure can be set against its floor (docs/performance.md).
+ *
+ *   graph node       an empty kernel as a CUDA-graph node (graph of 100, replayed)
+ *   stream launch    host time to enqueue an empty kernel, and the GPU time per kernel
+ *   one-way latency  a flag bounced between GPU 0 and GPU 1 through peer memory by one
+ *                    thread on each (round trip / 2), with plain volatile stores (what a
+ *                    Lamport push is) and with release/acquire at system scope
+ *   SM-store bw      16-byte loads from local memory stored into a peer's memory by a full
+ *                    grid (what the fused kernels' pushes do), one direction and both at once
+ *   copy-engine bw   cudaMemcpyPeerAsync, one direction and both at once
+ *   HBM copy         a local device-to-device copy kernel (bytes read + written)
+ *
+ * Usage: arnorm-floors [-r repeats] [-s MiB for the bandwidth rows]. Needs two GPUs with
+ * peer access for the NVLink rows (skipped, with a line saying so, otherwise). Every wait
+ * on the GPU is bounded by a deadline; every CUDA call is checked.
+ */
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <vector>
+
+#define CK(call)                                                                            \
+    do {                                                                                    \
+        cudaError_t e_ = (call);                                                            \
+        if (e_ != cudaSuccess) {                                                            \
+            fprintf(stderr, "arnorm-floors: %s:%d %s: %s\n", __FILE__, __LINE__, #call,     \
+                    cudaGetErrorString(e_));                                                \
+            exit(1);                                                                        \
+        }                                                                                   \
+    } while (0)
+
+static double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+static double nowUs() {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e6 + t.tv_nsec * 1e-3;
+}
+
+static void row(const char *what, double value, const char *unit, const char *how) {
+    printf("  %-28s %10.2f %-5s  %s\n", what, value, unit, how);
+}
+
+__device__ __forceinline__ unsigned long long globalTimer() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+__global__ void emptyKernel() {}
+
+/* ------------------------------------------------------------------ launch floors */
+
+static void launchFloors(int repeats) {
+    cudaStream_t s;
+    CK(cudaSetDevice(0));
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    const int nodes = 100;
+    cudaGraph_t g;
+    cudaGraphExec_t exec;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < nodes; i++) emptyKernel<<<1, 32, 0, s>>>();
+    CK(cudaGetLastError());
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&exec, g, 0));
+    CK(cudaGraphLaunch(exec, s));
+    CK(cudaStreamSynchronize(s));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<double> node, gpu, host;
+    for (int r = 0; r < repeats; r++) {
+        CK(cudaEventRecord(e0, s));
+        for (int k = 0; k < 10; k++) CK(cudaGraphLaunch(exec, s));
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        node.push_back(ms * 1e3 / (10.0 * nodes));
+
+        CK(cudaEventRecord(e0, s));
+        double t0 = nowUs();
+        for (int k = 0; k < nodes; k++) emptyKernel<<<1, 32, 0, s>>>();
+        double t1 = nowUs();
+        CK(cudaGetLastError());
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        host.push_back((t1 - t0) / nodes);
+        gpu.push_back(ms * 1e3 / nodes);
+    }
+    row("empty kernel, graph node", median(node), "us", "graph of 100 empty kernels, replayed");
+    row("empty kernel, stream launch", median(host), "us", "host time to enqueue one");
+    row("empty kernel, stream loop", median(gpu), "us", "GPU time per kernel, 100 in a row");
+    CK(cudaGraphExecDestroy(exec));
+    CK(cudaGraphDestroy(g));
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    CK(cudaStreamDestroy(s));
+}
+
+/* ------------------------------------------------------------------ one-way latency */
+
+/* One thread per GPU. The pinger (GPU 0) writes i into the ponger's flag and waits for i
+ * in its own; the ponger answers each i. mode 0: volatile stores and loads (a Lamport
+ * push and poll); mode 1: st.release.sys / ld.acquire.sys. The pinger's time is written to
+ * *out (ns), or 0 when a deadline passed. */
+__global__ void pingPong(volatile unsigned *mine, unsigned *peer, int iters, int ping, int mode,
+                         unsigned long long timeoutNs, unsigned long long *out) {
+    const unsigned long long deadline = globalTimer() + timeoutNs;
+    unsigned long long t0 = globalTimer();
+    for (int i = 1; i <= iters; i++) {
+        if (ping) {
+            if (mode == 0)
+                *(volatile unsigned *)peer = (unsigned)i;
+            else
+                asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(peer), "r"(i) : "memory");
+        }
+        for (unsigned n = 0;; n++) {
+            unsigned v;
+            if (mode == 0)
+                v = *mine;
+            else
+                asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(mine) : "memory");
+            if (v == (unsigned)i) break;
+            if ((n & 255u) == 0 && globalTimer() > deadline) {
+                if (ping) *out = 0;
+                return;
+            }
+        }
+        if (!ping) {
+            if (mode == 0)
+                *(volatile unsigned *)peer = (unsigned)i;
+            else
+                asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(peer), "r"(i) : "memory");
+        }
+    }
+    if (ping) *out = globalTimer() - t0;
+}
+
+/* ------------------------------------------------------------------ bandwidth */
+
+/* dst[i] = src[i], 16 bytes per thread per step: dst may be a peer's memory. */
+__global__ void copy16(uint4 *__restrict__ dst, const uint4 *__restrict__ src, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = src[i];
+}
+
+struct Gpu {
+    int dev;
+    cudaStream_t s;
+    cudaEvent_t e0, e1;
+    void *src, *dst, *flag;
+    unsigned long long *out;
+    int sms;
+};
+
+static void setupGpu(Gpu &g, int dev, size_t bytes) {
+    g.dev = dev;
+    CK(cudaSetDevice(dev));
+    CK(cudaStreamCreateWithFlags(&g.s, cudaStreamNonBlocking));
+    CK(cudaEventCreate(&g.e0));
+    CK(cudaEventCreate(&g.e1));
+    CK(cudaMalloc(&g.src, bytes));
+    CK(cudaMalloc(&g.dst, bytes));
+    CK(cudaMemset(g.src, 0x5a, bytes)); /* contents do not matter: bytes moved do */
+    CK(cudaMalloc(&g.flag, 256));
+    CK(cudaMemset(g.flag, 0, 256));
+    CK(cudaMallocManaged(&g.out, sizeof(unsigned long long)));
+    CK(cudaDeviceGetAttribute(&g.sms, cudaDevAttrMultiProcessorCount, dev));
+}
+
+/* Times `k` (0: SM stores, 1: copy engine) from a into b's memory, and, when both, from b
+ * into a's at the same time; returns GB/s per direction (median, from a's events). */
+static double peerBandwidth(Gpu &a, Gpu &b, size_t bytes, int kind, int both, int repeats) {
+    std::vector<double> v;
+    Gpu *g[2] = {&a, &b};
+    const int n = both ? 2 : 1;
+    for (int r = 0; r < repeats + 1; r++) {
+        for (int i = 0; i < n; i++) {
+            Gpu &me = *g[i], &peer = *g[1 - i];
+            CK(cudaSetDevice(me.dev));
+            CK(cudaEventRecord(me.e0, me.s));
+            if (kind == 0) {
+                copy16<<<me.sms * 4, 512, 0, me.s>>>((uint4 *)peer.dst, (const uint4 *)me.src,
+                                                    bytes / 16);
+                CK(cudaGetLastError());
+            } else {
+                CK(cudaMemcpyPeerAsync(peer.dst, peer.dev, me.src, me.dev, bytes, me.s));
+            }
+            CK(cudaEventRecord(me.e1, me.s));
+        }
+        double worst = 0;
+        for (int i = 0; i < n; i++) {
+            CK(cudaSetDevice(g[i]->dev));
+            CK(cudaEventSynchronize(g[i]->e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, g[i]->e0, g[i]->e1));
+            worst = std::max(worst, (double)ms);
+        }
+        if (r > 0) v.push_back(bytes / (worst * 1e-3) / 1e9); /* the first is a warm-up */
+    }
+    return median(v);
+}
+
+static double hbmCopy(Gpu &a, size_t bytes, int repeats) {
+    CK(cudaSetDevice(a.dev));
+    std::vector<double> v;
+    for (int r = 0; r < repeats + 1; r++) {
+        CK(cudaEventRecord(a.e0, a.s));
+        copy16<<<a.sms * 4, 512, 0, a.s>>>((uint4 *)a.dst, (const uint4 *)a.src, bytes / 16);
+        CK(cudaGetLastError());
+        CK(cudaEventRecord(a.e1, a.s));
+        CK(cudaEventSynchronize(a.e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, a.e0, a.e1));
+        if (r > 0) v.push_back(2.0 * bytes / (ms * 1e-3) / 1e9);
+    }
+    return median(v);
+}
+
+/* One-way latency in us (median of repeats), or -1 when a deadline passed. */
+static double oneWay(Gpu &a, Gpu &b, int mode, int repeats) {
+    const int iters = 2000;
+    std::vector<double> v;
+    for (int r = 0; r < repeats; r++) {
+        for (Gpu *g : {&a, &b}) {
+            CK(cudaSetDevice(g->dev));
+            CK(cudaMemset(g->flag, 0, 256));
+            CK(cudaDeviceSynchronize());
+        }
+        *a.out = 1;
+        /* the ponger first, so that it is waiting when the first ping comes */
+        CK(cudaSetDevice(b.dev));
+        pingPong<<<1, 1, 0, b.s>>>((volatile unsigned *)b.flag, (unsigned *)a.flag, iters, 0,
+                                   mode, 2000000000ull, b.out);
+        CK(cudaGetLastError());
+        CK(cudaSetDevice(a.dev));
+        pingPong<<<1, 1, 0, a.s>>>((volatile unsigned *)a.flag, (unsigned *)b.flag, iters, 1,
+                                   mode, 2000000000ull, a.out);
+        CK(cudaGetLastError());
+        CK(cudaStreamSynchronize(a.s));
+        CK(cudaSetDevice(b.dev));
+        CK(cudaStreamSynchronize(b.s));
+        if (*a.out == 0) return -1;
+        v.push_back(*a.out * 1e-3 / (2.0 * iters));
+    }
+    return median(v);
+}
+
+int main(int argc, char **argv) {
+    int repeats = 9;
+    size_t mib = 64;
+    for (int o; (o = getopt(argc, argv, "r:s:h")) != -1;) {
+        if (o == 'r') repeats = atoi(optarg);
+        else if (o == 's') mib = (size_t)atol(optarg);
+        else {
+            fprintf(stderr, "usage: arnorm-floors [-r repeats] [-s MiB]\n");
+            return o == 'h' ? 0 : 2;
+        }
+    }
+    if (repeats < 1 || mib < 1) {
+        fprintf(stderr, "arnorm-floors: -r and -s must be positive\n");
+        return 2;
+    }
+    int n = 0;
+    CK(cudaGetDeviceCount(&n));
+    cudaDeviceProp p;
+    CK(cudaGetDeviceProperties(&p, 0));
+    printf("# arnorm-floors: %d x %s, %d SMs, median of %d repeats\n", n, p.name,
+           p.multiProcessorCount, repeats);
+    printf("# %-28s %10s %-5s  %s\n", "floor", "value", "unit", "how");
+    launchFloors(repeats);
+
+    const size_t bytes = mib << 20;
+    Gpu a, b;
+    setupGpu(a, 0, bytes);
+    row("HBM copy (read + write)", hbmCopy(a, bytes, repeats), "GB/s", "local copy kernel");
+    int can01 = 0, can10 = 0;
+    if (n >= 2) {
+        CK(cudaDeviceCanAccessPeer(&can01, 0, 1));
+        CK(cudaDeviceCanAccessPeer(&can10, 1, 0));
+    }
+    if (!can01 || !can10) {
+        printf("# SKIP the NVLink rows: %s\n", n < 2 ? "one GPU visible" : "no peer access 0 <-> 1");
+        return 0;
+    }
+    setupGpu(b, 1, bytes);
+    CK(cudaSetDevice(0));
+    CK(cudaDeviceEnablePeerAccess(1, 0));
+    CK(cudaSetDevice(1));
+    CK(cudaDeviceEnablePeerAccess(0, 0));
+    char how[96];
+    double lat0 = oneWay(a, b, 0, repeats), lat1 = oneWay(a, b, 1, repeats);
+    if (lat0 < 0 || lat1 < 0) {
+        printf("# FAIL: a ping-pong wait passed its 2 s deadline (peers not co-resident?)\n");
+        return 1;
+    }
+    row("one-way latency, volatile", lat0, "us", "flag ping-pong GPU 0 <-> 1, round trip / 2");
+    row("one-way latency, rel/acq sys", lat1, "us", "the same with st.release / ld.acquire.sys");
+    for (size_t m : {(size_t)1, (size_t)4, mib}) {
+        if (m > mib) continue;
+        snprintf(how, sizeof how, "%zu MiB, 16-B stores from %d x 512 threads", m, a.sms * 4);
+        char what[48];
+        snprintf(what, sizeof what, "SM-store bw, one way %zuM", m);
+        row(what, peerBandwidth(a, b, m << 20, 0, 0, repeats), "GB/s", how);
+        snprintf(what, sizeof what, "SM-store bw, both ways %zuM", m);
+        row(what, peerBandwidth(a, b, m << 20, 0, 1, repeats), "GB/s", "each direction, at once");
+    }
+    snprintf(how, sizeof how, "cudaMemcpyPeerAsync, %zu MiB", mib);
+    row("copy-engine bw, one way", peerBandwidth(a, b, bytes, 1, 0, repeats), "GB/s", how);
+    row("copy-engine bw, both ways", peerBandwidth(a, b, bytes, 1, 1, repeats), "GB/s",
+        "each direction, at once");
+    return 0;
+}
