@@ -595,15 +595,18 @@ __global__ void __launch_bounds__(MaxT, MinBlocks) normKernelPipelined(const arn
 }
 
 /*
- * The rotation state a Lamport call works with, read once per block from the control
- * block. Every other block reads it at its start and then announces its arrival; block 0
- * moves the rotation on at its end, once every other block has arrived. Block 0 itself does
- * not announce: its thread 0 reads the state and later overwrites it, in program order, and
- * the release its announcement needs (a fence that waits for every load before it) was
- * on the critical path of one-block calls: T=1 TP2 4.6 -> 4.2 us on H200 without it (found
- * with ARNORM_KERNEL_STAMPS, docs/performance.md). Nothing at the end
- * waits on a fence or an atomic's reply: the next kernel reads the new state only after this
- * one completes (stream order, or griddepcontrol.wait under PDL).
+ * The rotation state a Lamport call works with, read once per block (by thread 0) from the
+ * control block. Every block but block 0 announces that it has read it; block 0 moves the
+ * rotation on at its end, once every other block has announced. Block 0 never announces:
+ * its thread 0 reads the state and later overwrites it, in program order. Nothing at the
+ * end of the call waits on a fence or an atomic's reply: the next kernel reads the new
+ * state only after this one completes (stream order, or griddepcontrol.wait under PDL).
+ *
+ * Where the announcement goes was measured (session 5, ARNORM_KERNEL_STAMPS and A/B runs on
+ * 2x H200, docs/performance.md): its release is a fence that waits for every earlier memory
+ * operation of the thread (~0.3 us at the block's start). The one-shot announces after its
+ * pushes and clear, just before it waits for the peers' data (T=1..128 TP2 0.1-0.4 us
+ * faster than at the start); the two-shot at its start (later cost 0.8 us at T=512).
  */
 struct LamportState {
     unsigned long long count; /* calls made before this one */
@@ -614,7 +617,15 @@ struct LamportState {
     Waiter w;
 };
 
-__device__ __forceinline__ LamportState lamportBegin(const arnormKArgs &a) {
+/* Thread 0 of a block but block 0: this block has read the state. The release orders the
+ * thread's loads of it before block 0 can see the announcement. */
+__device__ __forceinline__ void lamportAnnounce(arnormKCtrl *ctrl) {
+    if (blockIdx.x != 0 && threadIdx.x == 0)
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(&ctrl->arrived) : "memory");
+}
+
+/* announce: at once (the two-shot), or later by the caller (the one-shot). */
+__device__ __forceinline__ LamportState lamportBegin(const arnormKArgs &a, bool announce) {
     __shared__ unsigned long long sh[5];
     arnormKCtrl *ctrl = a.ctrl;
     if (threadIdx.x == 0) {
@@ -625,9 +636,7 @@ __device__ __forceinline__ LamportState lamportBegin(const arnormKArgs &a) {
         sh[3] = *(volatile unsigned long long *)&ctrl->prevKeep[0];
         sh[4] = *(volatile unsigned long long *)&ctrl->prevKeep[1];
         STAMP(kStCtrlLoaded);
-        /* release: the loads above are done before block 0 can see this arrival */
-        if (blockIdx.x != 0)
-            asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(&ctrl->arrived) : "memory");
+        if (announce) lamportAnnounce(ctrl);
         STAMP(kStArrived);
     }
     __syncthreads();
@@ -752,7 +761,7 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
     Chunk<T> first;
     if (unit < a.rows && sp.slot < nchunks)
         loadUser(first, a.input, unit, sp.slot, hidden, a.count, vec);
-    LamportState st = lamportBegin(a);
+    LamportState st = lamportBegin(a, false);
     /* the communicator failed: write nothing, wait for nothing. The blocks of a cluster
      * start together and only a timeout of this kernel sets `failed` (after timeoutMs), so
      * they all read the same value here and all return, or none does. */
@@ -776,8 +785,10 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
         }
     }
     STAMP(kStPushed);
-    /* 2. clear the slot the previous call read */
+    /* 2. clear the slot the previous call read, then announce (see lamportBegin): the
+     * fence's wait now overlaps the wait for the peers' data */
     lamportClear(mine + (long long)st.clearSlot * a.slotBytes, st);
+    lamportAnnounce(ctrl);
     STAMP(kStCleared);
 
     /* 3. wait, sum in rank order, residual, norm */
@@ -823,7 +834,7 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     Chunk<T> first; /* as in the one-shot: loaded while the control block is read */
     if (blockIdx.x < rows && threadIdx.x < nchunks)
         loadUser(first, a.input, firstRow, threadIdx.x, hidden, a.count, vec);
-    LamportState st = lamportBegin(a);
+    LamportState st = lamportBegin(a, true);
     if (st.w.failed) return; /* as in the one-shot */
     arnormKCtrl *ctrl = a.ctrl;
     const long long pitch = arnormKPitch(hidden, a.dtype);

@@ -323,10 +323,10 @@ static int runGraph(Rank *R) {
             CK(cudaMemcpy(dP2, q.partials[rank], bytes, cudaMemcpyHostToDevice));
             CK(cudaMemcpy(dRes, p.residual, bytes, cudaMemcpyHostToDevice));
             CK(cudaMemcpy(dW, p.weight, c.H * 2, cudaMemcpyHostToDevice));
-            CK(cudaMemset(dRO, 0xff, bytes));
-            CK(cudaMemset(dNO, 0xff, bytes));
-            CK(cudaMemset(dRO2, 0xff, bytes));
-            CK(cudaMemset(dNO2, 0xff, bytes));
+            CK(cudaMemsetAsync(dRO, 0xff, bytes, R->stream));
+            CK(cudaMemsetAsync(dNO, 0xff, bytes, R->stream));
+            CK(cudaMemsetAsync(dRO2, 0xff, bytes, R->stream));
+            CK(cudaMemsetAsync(dNO2, 0xff, bytes, R->stream));
             CK(cudaGraphLaunch(ge, R->stream));
             CK(cudaStreamSynchronize(R->stream));
             double worst;
@@ -385,7 +385,10 @@ static int runAllReduce(Rank *R) {
             CK(cudaMemcpy(d, parts[rank], n * es, cudaMemcpyHostToDevice));
             for (int inplace = 0; inplace < 2; inplace++) {
                 void *dst = inplace ? d : o;
-                if (!inplace) CK(cudaMemset(o, 0xff, n * es));
+                /* poison on the call's stream: R->stream does not wait for the legacy
+                 * default stream, so a plain cudaMemset could land after the call (seen:
+                 * element 0 poisoned after a correct call, session 5) */
+                if (!inplace) CK(cudaMemsetAsync(o, 0xff, n * es, R->stream));
                 AK(arnormAllReduce(d, dst, n, dt, comm, R->stream));
                 CK(cudaStreamSynchronize(R->stream));
                 CK(cudaMemcpy(got, dst, n * es, cudaMemcpyDeviceToHost));
