@@ -7,9 +7,12 @@
  *   one-way latency  a flag bounced between GPU 0 and GPU 1 through peer memory by one
  *                    thread on each (round trip / 2), with plain volatile stores (what a
  *                    Lamport push is) and with release/acquire at system scope
- *   SM-store bw      16-byte loads from local memory stored into a peer's memory by a full
- *                    grid (what the fused kernels' pushes do), one direction and both at once
- *   copy-engine bw   cudaMemcpyPeerAsync, one direction and both at once
+ *   SM stores        16-byte loads from local memory stored into a peer's memory by a full
+ *                    grid (what the fused kernels' pushes do), one direction and both at
+ *                    once, 64 KiB to -s MiB: us per copy as a node of a CUDA graph (launch
+ *                    cost amortized, comparable with arnorm-bench's graph figures) and GB/s
+ *   copy engine      cudaMemcpyAsync between the GPUs (peer access on), the same sizes and
+ *                    directions
  *   HBM copy         a local device-to-device copy kernel (bytes read + written)
  *
  * Usage: arnorm-floors [-r repeats] [-s MiB for the bandwidth rows]. Needs two GPUs with
@@ -181,25 +184,41 @@ static void setupGpu(Gpu &g, int dev, size_t bytes) {
     CK(cudaDeviceGetAttribute(&g.sms, cudaDevAttrMultiProcessorCount, dev));
 }
 
-/* Times `k` (0: SM stores, 1: copy engine) from a into b's memory, and, when both, from b
- * into a's at the same time; returns GB/s per direction (median, from a's events). */
-static double peerBandwidth(Gpu &a, Gpu &b, size_t bytes, int kind, int both, int repeats) {
-    std::vector<double> v;
+/* Moves `bytes` from a into b's memory (and, when both, from b into a's at the same time)
+ * by `kind` (0: SM stores, 1: copy engine), as a CUDA graph of kReps copies replayed on
+ * each GPU: per copy, the time a graph node of this size takes (what an arnorm call in a
+ * graph competes with; launch cost amortized). Returns us per copy (median, the slower GPU). */
+static const int kReps = 20;
+static double peerCopyUs(Gpu &a, Gpu &b, size_t bytes, int kind, int both, int repeats) {
     Gpu *g[2] = {&a, &b};
     const int n = both ? 2 : 1;
-    for (int r = 0; r < repeats + 1; r++) {
-        for (int i = 0; i < n; i++) {
-            Gpu &me = *g[i], &peer = *g[1 - i];
-            CK(cudaSetDevice(me.dev));
-            CK(cudaEventRecord(me.e0, me.s));
+    cudaGraphExec_t exec[2] = {nullptr, nullptr};
+    for (int i = 0; i < n; i++) {
+        Gpu &me = *g[i], &peer = *g[1 - i];
+        CK(cudaSetDevice(me.dev));
+        cudaGraph_t graph;
+        CK(cudaStreamBeginCapture(me.s, cudaStreamCaptureModeThreadLocal));
+        for (int k = 0; k < kReps; k++) {
             if (kind == 0) {
                 copy16<<<me.sms * 4, 512, 0, me.s>>>((uint4 *)peer.dst, (const uint4 *)me.src,
                                                     bytes / 16);
                 CK(cudaGetLastError());
             } else {
-                CK(cudaMemcpyPeerAsync(peer.dst, peer.dev, me.src, me.dev, bytes, me.s));
+                /* peer copies are not capturable; with peer access on, a UVA copy is */
+                CK(cudaMemcpyAsync(peer.dst, me.src, bytes, cudaMemcpyDefault, me.s));
             }
-            CK(cudaEventRecord(me.e1, me.s));
+        }
+        CK(cudaStreamEndCapture(me.s, &graph));
+        CK(cudaGraphInstantiate(&exec[i], graph, 0));
+        CK(cudaGraphDestroy(graph));
+    }
+    std::vector<double> v;
+    for (int r = 0; r < repeats + 1; r++) {
+        for (int i = 0; i < n; i++) {
+            CK(cudaSetDevice(g[i]->dev));
+            CK(cudaEventRecord(g[i]->e0, g[i]->s));
+            CK(cudaGraphLaunch(exec[i], g[i]->s));
+            CK(cudaEventRecord(g[i]->e1, g[i]->s));
         }
         double worst = 0;
         for (int i = 0; i < n; i++) {
@@ -209,7 +228,11 @@ static double peerBandwidth(Gpu &a, Gpu &b, size_t bytes, int kind, int both, in
             CK(cudaEventElapsedTime(&ms, g[i]->e0, g[i]->e1));
             worst = std::max(worst, (double)ms);
         }
-        if (r > 0) v.push_back(bytes / (worst * 1e-3) / 1e9); /* the first is a warm-up */
+        if (r > 0) v.push_back(worst * 1e3 / kReps); /* the first is a warm-up */
+    }
+    for (int i = 0; i < n; i++) {
+        CK(cudaSetDevice(g[i]->dev));
+        CK(cudaGraphExecDestroy(exec[i]));
     }
     return median(v);
 }
@@ -309,18 +332,20 @@ int main(int argc, char **argv) {
     }
     row("one-way latency, volatile", lat0, "us", "flag ping-pong GPU 0 <-> 1, round trip / 2");
     row("one-way latency, rel/acq sys", lat1, "us", "the same with st.release / ld.acquire.sys");
-    for (size_t m : {(size_t)1, (size_t)4, mib}) {
-        if (m > mib) continue;
-        snprintf(how, sizeof how, "%zu MiB, 16-B stores from %d x 512 threads", m, a.sms * 4);
-        char what[48];
-        snprintf(what, sizeof what, "SM-store bw, one way %zuM", m);
-        row(what, peerBandwidth(a, b, m << 20, 0, 0, repeats), "GB/s", how);
-        snprintf(what, sizeof what, "SM-store bw, both ways %zuM", m);
-        row(what, peerBandwidth(a, b, m << 20, 0, 1, repeats), "GB/s", "each direction, at once");
+    /* per size: us per copy as a graph node, and the bandwidth that gives (bytes / time) */
+    for (size_t kb : {(size_t)64, (size_t)256, (size_t)1024, (size_t)4096, mib << 10}) {
+        if (kb > (mib << 10)) continue;
+        const size_t sz = kb << 10;
+        for (int kind = 0; kind < 2; kind++)
+            for (int both = 0; both < 2; both++) {
+                const double us = peerCopyUs(a, b, sz, kind, both, repeats);
+                char what[48];
+                snprintf(what, sizeof what, "%s %s %zu KiB", kind ? "copy engine" : "SM stores",
+                         both ? "both ways" : "one way", kb);
+                snprintf(how, sizeof how, "us per copy in a graph of %d (%.0f GB/s%s)", kReps,
+                         sz / (us * 1e-6) / 1e9, both ? " each way" : "");
+                row(what, us, "us", how);
+            }
     }
-    snprintf(how, sizeof how, "cudaMemcpyPeerAsync, %zu MiB", mib);
-    row("copy-engine bw, one way", peerBandwidth(a, b, bytes, 1, 0, repeats), "GB/s", how);
-    row("copy-engine bw, both ways", peerBandwidth(a, b, bytes, 1, 1, repeats), "GB/s",
-        "each direction, at once");
     return 0;
 }
