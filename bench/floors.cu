@@ -6,7 +6,8 @@
  *   stream launch    host time to enqueue an empty kernel, and the GPU time per kernel
  *   one-way latency  a flag bounced between GPU 0 and GPU 1 through peer memory by one
  *                    thread on each (round trip / 2), with plain volatile stores (what a
- *                    Lamport push is) and with release/acquire at system scope
+ *                    Lamport push is) and with release/acquire at system scope; and an
+ *                    8 KiB message of 512 16-byte chunks (the one-shot's trip at T = 1)
  *   SM stores        16-byte loads from local memory stored into a peer's memory by a full
  *                    grid (what the fused kernels' pushes do), one direction and both at
  *                    once, 64 KiB to -s MiB: us per copy as a node of a CUDA graph (launch
@@ -151,6 +152,45 @@ __global__ void pingPong(volatile unsigned *mine, unsigned *peer, int iters, int
     if (ping) *out = globalTimer() - t0;
 }
 
+/* The same with an 8 KiB message, the one-shot's data trip at T = 1 (H = 4096 bf16): each of
+ * 512 threads stores a 16-byte chunk {i, i, i, i} into the peer's buffer, and on the other
+ * side each thread polls its own chunk until it holds i, then the block meets at a barrier
+ * (the row tree needs every chunk) before it answers. */
+__device__ __forceinline__ void stVolatile16(uint4 *p, unsigned u) {
+    asm volatile("st.volatile.global.v4.u32 [%0], {%1,%1,%1,%1};" ::"l"(p), "r"(u) : "memory");
+}
+
+__global__ void messagePingPong(const uint4 *mine, uint4 *peer, int iters, int ping,
+                                unsigned long long timeoutNs, unsigned long long *out) {
+    __shared__ int failed;
+    if (threadIdx.x == 0) failed = 0;
+    __syncthreads();
+    const unsigned long long deadline = globalTimer() + timeoutNs;
+    const unsigned long long t0 = globalTimer();
+    const int t = threadIdx.x;
+    for (int i = 1; i <= iters; i++) {
+        const unsigned u = (unsigned)i;
+        if (ping) stVolatile16(&peer[t], u);
+        for (unsigned n = 0;; n++) {
+            uint4 v;
+            asm volatile("ld.volatile.global.v4.u32 {%0,%1,%2,%3}, [%4];"
+                         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(&mine[t]) : "memory");
+            if (v.x == u && v.w == u) break;
+            if ((n & 255u) == 0 && globalTimer() > deadline) {
+                failed = 1;
+                break;
+            }
+        }
+        __syncthreads();
+        if (failed) {
+            if (ping && t == 0) *out = 0;
+            return;
+        }
+        if (!ping) stVolatile16(&peer[t], u);
+    }
+    if (ping && t == 0) *out = globalTimer() - t0;
+}
+
 /* ------------------------------------------------------------------ bandwidth */
 
 /* dst[i] = src[i], 16 bytes per thread per step: dst may be a peer's memory. */
@@ -164,7 +204,7 @@ struct Gpu {
     int dev;
     cudaStream_t s;
     cudaEvent_t e0, e1;
-    void *src, *dst, *flag;
+    void *src, *dst, *flag, *msg;
     unsigned long long *out;
     int sms;
 };
@@ -180,6 +220,7 @@ static void setupGpu(Gpu &g, int dev, size_t bytes) {
     CK(cudaMemset(g.src, 0x5a, bytes)); /* contents do not matter: bytes moved do */
     CK(cudaMalloc(&g.flag, 256));
     CK(cudaMemset(g.flag, 0, 256));
+    CK(cudaMalloc(&g.msg, 512 * 16));
     CK(cudaMallocManaged(&g.out, sizeof(unsigned long long)));
     CK(cudaDeviceGetAttribute(&g.sms, cudaDevAttrMultiProcessorCount, dev));
 }
@@ -253,7 +294,8 @@ static double hbmCopy(Gpu &a, size_t bytes, int repeats) {
     return median(v);
 }
 
-/* One-way latency in us (median of repeats), or -1 when a deadline passed. */
+/* One-way latency in us (median of repeats), or -1 when a deadline passed. mode 0 / 1: a
+ * flag (pingPong's modes); 2: an 8 KiB message (messagePingPong). */
 static double oneWay(Gpu &a, Gpu &b, int mode, int repeats) {
     const int iters = 2000;
     std::vector<double> v;
@@ -261,18 +303,23 @@ static double oneWay(Gpu &a, Gpu &b, int mode, int repeats) {
         for (Gpu *g : {&a, &b}) {
             CK(cudaSetDevice(g->dev));
             CK(cudaMemset(g->flag, 0, 256));
+            CK(cudaMemset(g->msg, 0, 512 * 16));
             CK(cudaDeviceSynchronize());
         }
         *a.out = 1;
         /* the ponger first, so that it is waiting when the first ping comes */
-        CK(cudaSetDevice(b.dev));
-        pingPong<<<1, 1, 0, b.s>>>((volatile unsigned *)b.flag, (unsigned *)a.flag, iters, 0,
-                                   mode, 2000000000ull, b.out);
-        CK(cudaGetLastError());
-        CK(cudaSetDevice(a.dev));
-        pingPong<<<1, 1, 0, a.s>>>((volatile unsigned *)a.flag, (unsigned *)b.flag, iters, 1,
-                                   mode, 2000000000ull, a.out);
-        CK(cudaGetLastError());
+        for (int side = 0; side < 2; side++) {
+            Gpu &me = side == 0 ? b : a, &peer = side == 0 ? a : b;
+            const int ping = side == 1;
+            CK(cudaSetDevice(me.dev));
+            if (mode < 2)
+                pingPong<<<1, 1, 0, me.s>>>((volatile unsigned *)me.flag, (unsigned *)peer.flag,
+                                            iters, ping, mode, 2000000000ull, me.out);
+            else
+                messagePingPong<<<1, 512, 0, me.s>>>((const uint4 *)me.msg, (uint4 *)peer.msg,
+                                                     iters, ping, 2000000000ull, me.out);
+            CK(cudaGetLastError());
+        }
         CK(cudaStreamSynchronize(a.s));
         CK(cudaSetDevice(b.dev));
         CK(cudaStreamSynchronize(b.s));
@@ -326,12 +373,15 @@ int main(int argc, char **argv) {
     CK(cudaDeviceEnablePeerAccess(0, 0));
     char how[96];
     double lat0 = oneWay(a, b, 0, repeats), lat1 = oneWay(a, b, 1, repeats);
-    if (lat0 < 0 || lat1 < 0) {
+    double lat2 = oneWay(a, b, 2, repeats);
+    if (lat0 < 0 || lat1 < 0 || lat2 < 0) {
         printf("# FAIL: a ping-pong wait passed its 2 s deadline (peers not co-resident?)\n");
         return 1;
     }
     row("one-way latency, volatile", lat0, "us", "flag ping-pong GPU 0 <-> 1, round trip / 2");
     row("one-way latency, rel/acq sys", lat1, "us", "the same with st.release / ld.acquire.sys");
+    row("one-way latency, 8 KiB message", lat2, "us",
+        "512 threads push 16 B each, the peer's 512 poll their own, barrier");
     /* per size: us per copy as a graph node, and the bandwidth that gives (bytes / time) */
     for (size_t kb : {(size_t)64, (size_t)256, (size_t)1024, (size_t)4096, mib << 10}) {
         if (kb > (mib << 10)) continue;
