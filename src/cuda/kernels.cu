@@ -667,7 +667,8 @@ __device__ __forceinline__ void lamportEnd(const arnormKArgs &a, LamportState &s
                                            unsigned long long keep1) {
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
     arnormKCtrl *ctrl = a.ctrl;
-    /* Blocks arrive at their start and the grid is co-resident, so this is short; the
+    /* The other blocks announce before they wait on any peer (the one-shot after its
+     * pushes, the two-shot at its start) and the grid is co-resident, so this is short; the
      * bound only keeps a broken launch from spinning forever. */
     for (unsigned iter = 0; gridDim.x > 1; iter++) {
         unsigned arrived;
@@ -762,9 +763,10 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
     if (unit < a.rows && sp.slot < nchunks)
         loadUser(first, a.input, unit, sp.slot, hidden, a.count, vec);
     LamportState st = lamportBegin(a, false);
-    /* the communicator failed: write nothing, wait for nothing. The blocks of a cluster
-     * start together and only a timeout of this kernel sets `failed` (after timeoutMs), so
-     * they all read the same value here and all return, or none does. */
+    /* the communicator failed: write nothing, wait for nothing. The blocks of the grid
+     * (co-resident) start together and only a timeout of this kernel sets `failed` (after
+     * timeoutMs), so they all read the same value here and all return, block 0 included
+     * (none announces, none waits for an announcement), or none does. */
     if (st.w.failed) return;
     arnormKCtrl *ctrl = a.ctrl;
     const long long pitch = arnormKPitch(hidden, a.dtype);
