@@ -8,15 +8,9 @@ extern "C" {
 #include "bench_device.h"
 }
 
-#define CK(call)                                                                           \
-    do {                                                                                   \
-        cudaError_t e_ = (call);                                                           \
-        if (e_ != cudaSuccess) {                                                           \
-            fprintf(stderr, "CUDA %s:%d %s: %s\n", __FILE__, __LINE__, #call,              \
-                    cudaGetErrorString(e_));                                               \
-            return -1;                                                                     \
-        }                                                                                  \
-    } while (0)
+#include "cuda_check.h"
+
+#define CK(call) BENCH_CUDA_CHECK(call, return -1)
 
 static cudaStream_t benchStream;
 

@@ -30,15 +30,9 @@
 #include <unistd.h>
 #include <vector>
 
-#define CK(call)                                                                            \
-    do {                                                                                    \
-        cudaError_t e_ = (call);                                                            \
-        if (e_ != cudaSuccess) {                                                            \
-            fprintf(stderr, "arnorm-floors: %s:%d %s: %s\n", __FILE__, __LINE__, #call,     \
-                    cudaGetErrorString(e_));                                                \
-            exit(1);                                                                        \
-        }                                                                                   \
-    } while (0)
+#include "cuda_check.h"
+
+#define CK(call) BENCH_CUDA_CHECK(call, exit(1))
 
 static double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
