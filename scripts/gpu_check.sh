@@ -4,8 +4,9 @@
 #   1. GPU test suite at TP 1-4, multi-process (mp) and single-process (sp), with
 #      compute-sanitizer memcheck/racecheck and the PyTorch binding test running beside it
 #      on the other GPUs (correctness only: nothing is timed while they run);
-#   2. arnorm-floors (the machine's graph node, NVLink latency and bandwidth), arnorm-bench
-#      (CUDA-graph replay and stream loop, NCCL + norm baseline in the same run), then ../shared/bench/torch_baseline.py (carried in .carry/) on the same GPUs;
+#   2. arnorm-floors (the machine's graph node, NVLink latency and copy times), arnorm-bench
+#      (CUDA-graph replay and stream loop, NCCL + norm baseline in the same run), then
+#      ../shared/bench/torch_baseline.py (carried in .carry/) on the same GPUs;
 #   3. the Gemma decoder example;
 #   reliability: fault tests (killed rank, skipped call, shape mismatch in check mode), a
 #      10^6-call soak at TP2 and compute-sanitizer synccheck, beside each other;

@@ -46,7 +46,8 @@ typedef struct {
     unsigned long long prevKeep[2]; /* within them, ranges peers never wrote (this rank's own
                                        regions, never written either): offset << 32 | bytes
                                        in 16-byte units; the clear skips them */
-    unsigned int arrived;        /* blocks but block 0 of the running call that have read the above */
+    unsigned int arrived;        /* blocks of the running call, block 0 aside, that have read
+                                    the above (kernels.cu, lamportBegin) */
     int failed;                  /* a wait timed out or shapes differed: later kernels write
                                     nothing and wait for nothing */
     unsigned long long checkCount; /* check-mode exchanges made: check slot = checkCount % 3 */
