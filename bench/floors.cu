@@ -45,6 +45,23 @@ static double nowUs() {
     return t.tv_sec * 1e6 + t.tv_nsec * 1e-3;
 }
 
+/* Milliseconds between two recorded events, once the second has completed. */
+static double elapsedMs(cudaEvent_t e0, cudaEvent_t e1) {
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    return ms;
+}
+
+/* GPU time of what enqueue() puts on stream s, in ms. */
+template <typename F>
+static double timeMs(cudaStream_t s, cudaEvent_t e0, cudaEvent_t e1, F enqueue) {
+    CK(cudaEventRecord(e0, s));
+    enqueue();
+    CK(cudaEventRecord(e1, s));
+    return elapsedMs(e0, e1);
+}
+
 static void row(const char *what, double value, const char *unit, const char *how) {
     printf("  %-28s %10.2f %-5s  %s\n", what, value, unit, how);
 }
@@ -78,22 +95,18 @@ static void launchFloors(int repeats) {
     CK(cudaEventCreate(&e1));
     std::vector<double> node, gpu, host;
     for (int r = 0; r < repeats; r++) {
-        CK(cudaEventRecord(e0, s));
-        for (int k = 0; k < 10; k++) CK(cudaGraphLaunch(exec, s));
-        CK(cudaEventRecord(e1, s));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
+        double ms = timeMs(s, e0, e1, [&] {
+            for (int k = 0; k < 10; k++) CK(cudaGraphLaunch(exec, s));
+        });
         node.push_back(ms * 1e3 / (10.0 * nodes));
 
-        CK(cudaEventRecord(e0, s));
-        double t0 = nowUs();
-        for (int k = 0; k < nodes; k++) emptyKernel<<<1, 32, 0, s>>>();
-        double t1 = nowUs();
-        CK(cudaGetLastError());
-        CK(cudaEventRecord(e1, s));
-        CK(cudaEventSynchronize(e1));
-        CK(cudaEventElapsedTime(&ms, e0, e1));
+        double t0 = 0, t1 = 0;
+        ms = timeMs(s, e0, e1, [&] {
+            t0 = nowUs();
+            for (int k = 0; k < nodes; k++) emptyKernel<<<1, 32, 0, s>>>();
+            t1 = nowUs();
+            CK(cudaGetLastError());
+        });
         host.push_back((t1 - t0) / nodes);
         gpu.push_back(ms * 1e3 / nodes);
     }
@@ -258,10 +271,7 @@ static double peerCopyUs(Gpu &a, Gpu &b, size_t bytes, int kind, int both, int r
         double worst = 0;
         for (int i = 0; i < n; i++) {
             CK(cudaSetDevice(g[i]->dev));
-            CK(cudaEventSynchronize(g[i]->e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, g[i]->e0, g[i]->e1));
-            worst = std::max(worst, (double)ms);
+            worst = std::max(worst, elapsedMs(g[i]->e0, g[i]->e1));
         }
         if (r > 0) v.push_back(worst * 1e3 / kReps); /* the first is a warm-up */
     }
@@ -276,13 +286,10 @@ static double hbmCopy(Gpu &a, size_t bytes, int repeats) {
     CK(cudaSetDevice(a.dev));
     std::vector<double> v;
     for (int r = 0; r < repeats + 1; r++) {
-        CK(cudaEventRecord(a.e0, a.s));
-        copy16<<<a.sms * 4, 512, 0, a.s>>>((uint4 *)a.dst, (const uint4 *)a.src, bytes / 16);
-        CK(cudaGetLastError());
-        CK(cudaEventRecord(a.e1, a.s));
-        CK(cudaEventSynchronize(a.e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, a.e0, a.e1));
+        const double ms = timeMs(a.s, a.e0, a.e1, [&] {
+            copy16<<<a.sms * 4, 512, 0, a.s>>>((uint4 *)a.dst, (const uint4 *)a.src, bytes / 16);
+            CK(cudaGetLastError());
+        });
         if (r > 0) v.push_back(2.0 * bytes / (ms * 1e-3) / 1e9);
     }
     return median(v);

@@ -22,7 +22,9 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include <atomic>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #include <cooperative_groups.h>
@@ -596,11 +598,14 @@ __global__ void __launch_bounds__(MaxT, MinBlocks) normKernelPipelined(const arn
 
 /*
  * The rotation state a Lamport call works with, read once per block (by thread 0) from the
- * control block. Every block but block 0 announces that it has read it; block 0 moves the
- * rotation on at its end, once every other block has announced. Block 0 never announces:
- * its thread 0 reads the state and later overwrites it, in program order. Nothing at the
- * end of the call waits on a fence or an atomic's reply: the next kernel reads the new
- * state only after this one completes (stream order, or griddepcontrol.wait under PDL).
+ * control block. Every block but the grid's last announces that it has read it; the last
+ * block (the state's owner) moves the rotation on at its end, once every other block has
+ * announced. The owner never announces: its thread 0 reads the state and later overwrites
+ * it, in program order. The owner is the last block so that, when the launch adds blocks
+ * that only clear (arnormKArgs.clearFrom), the wait for the announcements is theirs, not a
+ * row's. Nothing at the end of the call waits on a fence or an atomic's reply: the next
+ * kernel reads the new state only after this one completes (stream order, or
+ * griddepcontrol.wait under PDL).
  *
  * Where the announcement goes was measured (session 5, ARNORM_KERNEL_STAMPS and A/B runs on
  * 2x H200, docs/performance.md): its release is a fence that waits for every earlier memory
@@ -617,10 +622,12 @@ struct LamportState {
     Waiter w;
 };
 
-/* Thread 0 of a block but block 0: this block has read the state. The release orders the
- * thread's loads of it before block 0 can see the announcement. */
+__device__ __forceinline__ bool ownsState() { return blockIdx.x == gridDim.x - 1; }
+
+/* Thread 0 of a block but the owner: this block has read the state. The release orders the
+ * thread's loads of it before the owner can see the announcement. */
 __device__ __forceinline__ void lamportAnnounce(arnormKCtrl *ctrl) {
-    if (blockIdx.x != 0 && threadIdx.x == 0)
+    if (!ownsState() && threadIdx.x == 0)
         asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(&ctrl->arrived) : "memory");
 }
 
@@ -660,26 +667,28 @@ __device__ __forceinline__ unsigned long long keepRange(long long offset, long l
     return (unsigned long long)(offset / 16) << 32 | (unsigned long long)(bytes / 16);
 }
 
-/* Block 0, thread 0, at the end: once every block has read the state, advance it. `used`
+/* The owner's thread 0, at the end: once every block has read the state, advance it. `used`
  * bytes of the slot may hold peers' data, except the two `keep` ranges. */
 __device__ __forceinline__ void lamportEnd(const arnormKArgs &a, LamportState &st,
                                            long long used, unsigned long long keep0,
                                            unsigned long long keep1) {
-    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    if (!ownsState() || threadIdx.x != 0) return;
     arnormKCtrl *ctrl = a.ctrl;
     /* The other blocks announce before they wait on any peer (the one-shot after its
      * pushes, the two-shot at its start) and the grid is co-resident, so this is short; the
      * bound only keeps a broken launch from spinning forever. */
-    for (unsigned iter = 0; gridDim.x > 1; iter++) {
-        unsigned arrived;
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(arrived) : "l"(&ctrl->arrived) : "memory");
-        if (arrived >= gridDim.x - 1) break;
-        if ((iter & 63u) == 0 && globalTimer() > st.w.deadline) {
-            waitFail(st.w, ctrl, a.rank);
-            break;
+    if (gridDim.x > 1) {
+        for (unsigned iter = 0;; iter++) {
+            unsigned arrived;
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(arrived) : "l"(&ctrl->arrived) : "memory");
+            if (arrived >= gridDim.x - 1) break;
+            if ((iter & 63u) == 0 && globalTimer() > st.w.deadline) {
+                waitFail(st.w, ctrl, a.rank);
+                break;
+            }
         }
+        ctrl->arrived = 0;
     }
-    if (gridDim.x > 1) ctrl->arrived = 0;
     ctrl->prevUsed = (unsigned long long)used;
     ctrl->prevKeep[0] = keep0;
     ctrl->prevKeep[1] = keep1;
@@ -687,14 +696,18 @@ __device__ __forceinline__ void lamportEnd(const arnormKArgs &a, LamportState &s
 }
 
 /* Clears what the previous call's peers wrote into a slot back to the sentinel, spread
- * over the grid: `bytes` from the start, less the ranges in st.keep. */
-__device__ __forceinline__ void lamportClear(char *slotBase, const LamportState &st) {
+ * over the blocks from a.clearFrom (units of cs blocks) on: `bytes` from the start, less
+ * the ranges in st.keep. Other blocks return at once. */
+__device__ __forceinline__ void lamportClear(const arnormKArgs &a, int cs, char *slotBase,
+                                             const LamportState &st) {
+    const long long first = a.clearFrom * cs;
+    if (blockIdx.x < first) return;
     const uint4 s = make_uint4(kSentinel, kSentinel, kSentinel, kSentinel);
     const long long n = st.clearBytes / 16;
     const unsigned long long k0 = st.keep[0] >> 32, n0 = st.keep[0] & 0xffffffffu;
     const unsigned long long k1 = st.keep[1] >> 32, n1 = st.keep[1] & 0xffffffffu;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
+    for (long long i = (blockIdx.x - first) * blockDim.x + threadIdx.x; i < n;
+         i += (gridDim.x - first) * blockDim.x) {
         if ((unsigned long long)i - k0 < n0 || (unsigned long long)i - k1 < n1) continue;
         reinterpret_cast<uint4 *>(slotBase)[i] = s;
     }
@@ -765,7 +778,7 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
     LamportState st = lamportBegin(a, false);
     /* the communicator failed: write nothing, wait for nothing. The blocks of the grid
      * (co-resident) start together and only a timeout of this kernel sets `failed` (after
-     * timeoutMs), so they all read the same value here and all return, block 0 included
+     * timeoutMs), so they all read the same value here and all return, the owner included
      * (none announces, none waits for an announcement), or none does. */
     if (st.w.failed) return;
     arnormKCtrl *ctrl = a.ctrl;
@@ -787,9 +800,10 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
         }
     }
     STAMP(kStPushed);
-    /* 2. clear the slot the previous call read, then announce (see lamportBegin): the
-     * fence's wait now overlaps the wait for the peers' data */
-    lamportClear(mine + (long long)st.clearSlot * a.slotBytes, st);
+    /* 2. clear the slot the previous call read (or leave it to the clearing blocks), then
+     * announce (see lamportBegin): the fence's wait now overlaps the wait for the peers'
+     * data */
+    lamportClear(a, CS, mine + (long long)st.clearSlot * a.slotBytes, st);
     lamportAnnounce(ctrl);
     STAMP(kStCleared);
 
@@ -864,7 +878,7 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
         }
     }
     /* 2. clear the slot the previous call read */
-    lamportClear(mine + (long long)st.clearSlot * a.slotBytes, st);
+    lamportClear(a, 1, mine + (long long)st.clearSlot * a.slotBytes, st);
 
     /* 3. owned rows: sum in rank order, residual add, push h to every peer (all-gather),
      * then finish the row here: no round trip through our own slot */
@@ -960,8 +974,6 @@ struct LaunchShape {
     KernelFn fn;
     int threads; /* block size */
     int cs;      /* blocks per row (a cluster when > 1) */
-    int alt;     /* 1: the second kernel of one (algo, dtype, n, threads): the cluster split,
-                    or the plain norm kernel for rows of several chunks per slot */
 };
 
 /* Rows up to which a wide one-shot row is split over a cluster: measured on H200 at TP2,
@@ -983,7 +995,7 @@ LaunchShape pickLamport(int algo, int n, int slots, long long rows, int clusters
 #define ARNORM_K(NN)                                                                           \
     case NN:                                                                                   \
         if (algo == arnormKTwoShot) return {(KernelFn)twoShotKernel<T, NN, 1024>, slots, 1};  \
-        if (split) return {(KernelFn)oneShotKernel<T, NN, 512, 2>, half, 2, 1};                \
+        if (split) return {(KernelFn)oneShotKernel<T, NN, 512, 2>, half, 2};                   \
         return slots <= 512 ? LaunchShape{(KernelFn)oneShotKernel<T, NN, 512, 1>, slots, 1}    \
                             : LaunchShape{(KernelFn)oneShotKernel<T, NN, 1024, 1>, slots, 1};
     switch (n) {
@@ -1012,8 +1024,8 @@ LaunchShape pickKernel(int algo, int dtype, int n, int slots, long long nchunks,
                        int clusters) {
     if (algo == arnormKNorm) {
         switch (dtype) {
-        case 0: return {pickNorm<Bf16>(slots, nchunks), slots, 1, nchunks > slots};
-        case 1: return {pickNorm<Fp16>(slots, nchunks), slots, 1, nchunks > slots};
+        case 0: return {pickNorm<Bf16>(slots, nchunks), slots, 1};
+        case 1: return {pickNorm<Fp16>(slots, nchunks), slots, 1};
         case 2: return {normKernel<Fp32>, slots, 1};
         default: return {nullptr, 0, 1};
         }
@@ -1033,15 +1045,21 @@ void setClusterAttr(cudaLaunchAttribute &at, int cs) {
     at.val.clusterDim.z = 1;
 }
 
-/* Rows (blocks, or clusters of sh.cs blocks) a kernel can keep resident at once, at most
- * 4 blocks per SM for the Lamport kernels (cached; the answer does not depend on the
- * device among those one process drives: same architecture). */
-std::atomic<long long> gResident[3][3][9][33][2];
+/* Occupancy answers by (kernel, block size, SMs): the queries cost microseconds, a call's
+ * launch must not pay them each time. */
+std::mutex gResidentMutex;
+std::map<std::tuple<KernelFn, int, int>, long long> gResident;
 
-long long residentUnits(const LaunchShape &sh, int algo, int dtype, int n, int smCount) {
-    std::atomic<long long> &slot = gResident[algo][dtype][n][sh.threads / 32][sh.alt];
-    long long v = slot.load(std::memory_order_relaxed);
-    if (v > 0) return v;
+/* Rows (blocks, or clusters of sh.cs blocks) a kernel can keep resident at once, at most
+ * 4 blocks per SM for the Lamport kernels. */
+long long residentUnits(const LaunchShape &sh, int algo, int smCount) {
+    const auto key = std::make_tuple(sh.fn, sh.threads, smCount);
+    {
+        std::lock_guard<std::mutex> lock(gResidentMutex);
+        auto it = gResident.find(key);
+        if (it != gResident.end()) return it->second;
+    }
+    long long v;
     int occ = 0;
     bool queryFailed = false;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, sh.fn, sh.threads, 0) != cudaSuccess) {
@@ -1066,7 +1084,8 @@ long long residentUnits(const LaunchShape &sh, int algo, int dtype, int n, int s
     }
     if (queryFailed) (void)cudaGetLastError(); /* a failed query is not the launch's error */
     if (v < 1) v = 1;
-    slot.store(v, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(gResidentMutex);
+    gResident[key] = v;
     return v;
 }
 
@@ -1083,13 +1102,22 @@ extern "C" int arnormKLaunch(const arnormKArgs *a, void *stream) {
                                       a->clusters);
     if (!sh.fn) return (int)cudaErrorInvalidValue;
     /* rows in flight: every block of the grid resident at once (the Lamport kernels spin) */
-    const long long maxUnits = residentUnits(sh, a->algo, a->dtype, n, a->smCount);
+    const long long maxUnits = residentUnits(sh, a->algo, a->smCount);
     long long units = a->rows < maxUnits ? a->rows : maxUnits;
+    arnormKArgs k = *a;
+    k.clearFrom = 0;
     if (a->algo != arnormKNorm && a->clearHint > 0) { /* enough blocks to clear the old slot */
         const long long per = (long long)sh.threads * sh.cs * 256;
         long long clearUnits = (a->clearHint + per - 1) / per;
         if (clearUnits > maxUnits) clearUnits = maxUnits;
-        if (units < clearUnits) units = clearUnits;
+        if (a->rows + clearUnits <= maxUnits) {
+            /* room beside the rows: blocks of their own clear, the rows' blocks go straight
+             * from their pushes to their wait */
+            k.clearFrom = a->rows;
+            units = a->rows + clearUnits;
+        } else if (units < clearUnits) {
+            units = clearUnits;
+        }
     }
     if (units < 1) units = 1;
     const long long grid = units * sh.cs;
@@ -1108,7 +1136,7 @@ extern "C" int arnormKLaunch(const arnormKArgs *a, void *stream) {
     if (sh.cs > 1) setClusterAttr(attr[na++], sh.cs);
     cfg.attrs = attr;
     cfg.numAttrs = na;
-    cudaError_t e = cudaLaunchKernelEx(&cfg, sh.fn, *a);
+    cudaError_t e = cudaLaunchKernelEx(&cfg, sh.fn, k);
     if (e != cudaSuccess) return (int)e;
     return (int)cudaGetLastError();
 }

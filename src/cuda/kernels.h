@@ -97,6 +97,9 @@ typedef struct {
                      split over two blocks */
     long long clearHint; /* bytes the call will likely clear (host's mirror of the rotation;
                             only sizes the grid: a call of few rows still clears fast) */
+    long long clearFrom; /* set by arnormKLaunch: the first unit (block, or cluster) that
+                            clears the previous slot; 0 (all, after their rows' pushes) or
+                            rows (units past the rows that only clear) */
 } arnormKArgs;
 
 /* Bytes of a row in the Lamport buffer (padded to whole 8-element chunks). */

@@ -362,3 +362,15 @@ long tuRssKb(void) {
     }
     return rss * (sysconf(_SC_PAGESIZE) / 1024);
 }
+
+void tuRankOrderSum(void *out, void *const *parts, int nranks, size_t n, arnormDataType_t t) {
+    for (size_t i = 0; i < n; i++) {
+        float s = 0.0f;
+        for (int r = 0; r < nranks; r++) {
+            float v = (float)tuLoad(parts[r], i, t);
+            s = s + (v == 0.0f ? 0.0f : v);
+        }
+        tuStore(out, i, t, (double)s); /* one rounding of the fp32 sum */
+        if (tuLoad(out, i, t) == 0.0) tuStore(out, i, t, 0.0);
+    }
+}

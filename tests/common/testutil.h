@@ -66,6 +66,11 @@ void tuProblemFree(tuProblem *p);
 size_t tuCheck(const tuProblem *p, const void *residualOut, const void *normOut,
                double *maxErrOverTol);
 
+/* The all-reduce every backend must match bit for bit (DESIGN.md section 1): element i of
+ * out = the fp32 sum of parts[0..nranks-1][i] in rank order (-0.0 taken as +0.0), rounded
+ * once to t; a result that rounds to -0.0 is stored as +0.0. */
+void tuRankOrderSum(void *out, void *const *parts, int nranks, size_t n, arnormDataType_t t);
+
 /* A CPU-backend communicator for rank `rank` of the launched ranks (timeoutMs <= 0: the
  * default bound); NULL, with the library's message printed, when init fails. */
 arnormComm_t tuInitCpu(int rank, int nranks, arnormUniqueId id, long long timeoutMs,

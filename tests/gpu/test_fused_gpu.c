@@ -161,14 +161,7 @@ static int sameAsCpuBackend(int rank, const tuProblem *p, const Case *c, const c
     }
     char *ar = malloc(bytes), *ro = malloc(bytes), *no = malloc(bytes);
     REQ(ar && ro && no, "host alloc");
-    for (size_t i = 0; i < n; i++) {
-        float s = 0.0f;
-        for (int r = 0; r < p->nranks; r++) {
-            float v = (float)tuLoad(p->partials[r], i, c->dt);
-            s = s + (v == 0.0f ? 0.0f : v);
-        }
-        tuStore(ar, i, c->dt, (double)s); /* one rounding of the fp32 sum */
-    }
+    tuRankOrderSum(ar, (void *const *)p->partials, p->nranks, n, c->dt);
     tuPoison(ro, bytes);
     tuPoison(no, bytes);
     AK(arnormResidualRMSNorm(ar, p->residual, ro, no, p->weight, c->wt, 1e-6f,
@@ -370,15 +363,7 @@ static int runAllReduce(Rank *R) {
                 tuFill(parts[r], n, dt, tuMix(gSeed, 5000 + ci * 10 + (size_t)r + 100 * (size_t)dti), 1.0);
             }
             char *want = malloc(n * es), *got = malloc(n * es);
-            for (size_t i = 0; i < n; i++) {
-                float s = 0.0f;
-                for (int r = 0; r < world; r++) {
-                    float v = (float)tuLoad(parts[r], i, dt);
-                    s = s + (v == 0.0f ? 0.0f : v);
-                }
-                tuStore(want, i, dt, (double)s); /* one rounding of the fp32 sum */
-                if (tuLoad(want, i, dt) == 0.0) tuStore(want, i, dt, 0.0);
-            }
+            tuRankOrderSum(want, parts, world, n, dt);
             void *d, *o;
             CK(cudaMalloc(&d, n * es));
             CK(cudaMalloc(&o, n * es));
