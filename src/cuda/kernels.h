@@ -46,7 +46,7 @@ typedef struct {
     unsigned long long prevKeep[2]; /* within them, ranges peers never wrote (this rank's own
                                        regions, never written either): offset << 32 | bytes
                                        in 16-byte units; the clear skips them */
-    unsigned int arrived;        /* blocks of the running call, block 0 aside, that have read
+    unsigned int arrived;        /* blocks of the running call, the last aside, that have read
                                     the above (kernels.cu, lamportBegin) */
     int failed;                  /* a wait timed out or shapes differed: later kernels write
                                     nothing and wait for nothing */
