@@ -172,6 +172,21 @@ __device__ __forceinline__ unsigned long long stampTimer() {
             for (int p_ = 0; p_ < kStPhases; p_++)                                          \
                 gStamps[(count) % STAMP_CALLS][p_] = gStampNow[p_];                         \
     } while (0)
+/* The two-shot's phases, over all blocks: for each of the first TS_CALLS calls, the
+ * earliest and the latest block's thread 0 to reach each phase (the earliest kept as the
+ * largest ~t, so that zeroed memory needs no initialization). */
+enum { kTsStart, kTsPushed, kTsCleared, kTsOwned, kTsEnd, kTsPhases };
+#define TS_CALLS 4096
+__device__ unsigned long long gTsStamps[TS_CALLS][kTsPhases][2];
+__device__ __forceinline__ void tsStamp(unsigned long long count, int phase, unsigned long long t) {
+    if (threadIdx.x == 0 && count < TS_CALLS) {
+        atomicMax(&gTsStamps[count][phase][0], t);
+        atomicMax(&gTsStamps[count][phase][1], ~t);
+    }
+}
+#define TS_STAMP(count, phase) tsStamp(count, phase, stampTimer())
+#define TS_STAMP_AT(count, phase, t) tsStamp(count, phase, t)
+#define TS_NOW() stampTimer()
 #else
 #define STAMP(phase) \
     do {             \
@@ -179,6 +194,13 @@ __device__ __forceinline__ unsigned long long stampTimer() {
 #define STAMP_COMMIT(count) \
     do {                    \
     } while (0)
+#define TS_STAMP(count, phase) \
+    do {                       \
+    } while (0)
+#define TS_STAMP_AT(count, phase, t) \
+    do {                             \
+    } while (0)
+#define TS_NOW() 0ull
 #endif
 
 template <typename T>
@@ -840,6 +862,8 @@ template <typename T, int N, int MaxT>
 __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     __shared__ float red[33];
     pdlWait();
+    const unsigned long long tStart = TS_NOW();
+    (void)tStart;
     const bool vec = isVec(a);
     const long long hidden = a.hidden, nchunks = (hidden + 7) / 8;
     const long long rows = a.rows;
@@ -882,8 +906,11 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
         }
     }
     /* 2. clear the slot the previous call read */
+    TS_STAMP_AT(st.count, kTsStart, tStart);
+    TS_STAMP(st.count, kTsPushed);
     lamportClear(a, 1, mine + (long long)st.clearSlot * a.slotBytes, st);
     if (lateAnnounce) lamportAnnounce(ctrl);
+    TS_STAMP(st.count, kTsCleared);
 
     /* 3. owned rows: sum in rank order, residual add, push h to every peer (all-gather),
      * then finish the row here: no round trip through our own slot */
@@ -905,6 +932,8 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
             });
     }
 
+    TS_STAMP(st.count, kTsOwned);
+
     /* 4. the other ranks' rows: wait for h, store residualOut, norm */
     const long long others = rows - (r1 - r0);
     for (long long k = blockIdx.x; k < others; k += gridDim.x) {
@@ -918,6 +947,7 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
             for (int i = 0; i < 8; i++) x[i] = getf(v[0], i);
         }, NoPut());
     }
+    TS_STAMP(st.count, kTsEnd);
     /* peers never write our own reduce-scatter region nor our rows of the all-gather */
     lamportEnd(a, st, agOff + rows * pitch, keepRange(rank * rsStride, rsStride),
                keepRange(agOff + r0 * pitch, (r1 - r0) * pitch));
@@ -1154,6 +1184,39 @@ extern "C" int arnormKCheck(const arnormKArgs *a, const unsigned int desc[4], vo
 }
 
 #ifdef ARNORM_KERNEL_STAMPS
+/* The two-shot's phases: per phase, the median over calls of the first and the last
+ * block's arrival, in ns after the call's first block started. */
+template <typename Med>
+static void printTwoShotStamps(int rank, Med med) {
+    static unsigned long long h[TS_CALLS][kTsPhases][2];
+    if (cudaMemcpyFromSymbol(h, gTsStamps, sizeof h) != cudaSuccess) {
+        fprintf(stderr, "arnorm stamps: rank %d: cudaMemcpyFromSymbol failed\n", rank);
+        return;
+    }
+    static const char *names[kTsPhases] = {"start", "pushed", "cleared", "owned rows done", "end"};
+    std::vector<long long> first[kTsPhases], last[kTsPhases];
+    for (int k = 0; k < TS_CALLS; k++) {
+        if (h[k][kTsStart][0] == 0) continue;
+        const unsigned long long t0 = ~h[k][kTsStart][1];
+        bool ok = true;
+        for (int p = 0; p < kTsPhases; p++) ok = ok && h[k][p][0] >= t0 && h[k][p][0] - t0 < 100000000ull;
+        if (!ok) continue;
+        for (int p = 0; p < kTsPhases; p++) {
+            first[p].push_back((long long)(~h[k][p][1] - t0));
+            last[p].push_back((long long)(h[k][p][0] - t0));
+        }
+    }
+    if (first[0].empty()) return;
+    char line[1024];
+    int o = snprintf(line, sizeof line, "arnorm two-shot stamps: rank %d, %zu calls, ns after the "
+                     "first block's start (median), first / last block:", rank, first[0].size());
+    for (int p = 0; p < kTsPhases && o < (int)sizeof line; p++)
+        o += snprintf(line + o, sizeof line - o, " %s %lld / %lld,", names[p], med(first[p]),
+                      med(last[p]));
+    if (o < (int)sizeof line) snprintf(line + o, sizeof line - o, "\n");
+    fputs(line, stderr);
+}
+
 extern "C" void arnormKStampsPrint(int rank) {
     static unsigned long long h[STAMP_CALLS][kStPhases];
     if (cudaMemcpyFromSymbol(h, gStamps, sizeof h) != cudaSuccess) {
@@ -1172,14 +1235,15 @@ extern "C" void arnormKStampsPrint(int rank) {
         const int n = (k + 1) % STAMP_CALLS;
         if (h[n][0] > h[k][0] && h[n][0] - h[k][0] < 100000) period.push_back((long long)(h[n][0] - h[k][0]));
     }
-    if (d[1].empty()) {
-        fprintf(stderr, "arnorm stamps: rank %d: no one-shot call recorded\n", rank);
-        return;
-    }
     auto med = [](std::vector<long long> v) {
         std::sort(v.begin(), v.end());
         return v.empty() ? -1LL : v[v.size() / 2];
     };
+    printTwoShotStamps(rank, med);
+    if (d[1].empty()) {
+        fprintf(stderr, "arnorm stamps: rank %d: no one-shot call recorded\n", rank);
+        return;
+    }
     char line[1024];
     int o = snprintf(line, sizeof line, "arnorm stamps: rank %d, %zu calls, ns after start (median):",
                      rank, d[1].size());
