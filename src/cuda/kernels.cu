@@ -1184,10 +1184,14 @@ extern "C" int arnormKCheck(const arnormKArgs *a, const unsigned int desc[4], vo
 }
 
 #ifdef ARNORM_KERNEL_STAMPS
+static long long med(std::vector<long long> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? -1LL : v[v.size() / 2];
+}
+
 /* The two-shot's phases: per phase, the median over calls of the first and the last
  * block's arrival, in ns after the call's first block started. */
-template <typename Med>
-static void printTwoShotStamps(int rank, Med med) {
+static void printTwoShotStamps(int rank) {
     static unsigned long long h[TS_CALLS][kTsPhases][2];
     if (cudaMemcpyFromSymbol(h, gTsStamps, sizeof h) != cudaSuccess) {
         fprintf(stderr, "arnorm stamps: rank %d: cudaMemcpyFromSymbol failed\n", rank);
@@ -1235,11 +1239,7 @@ extern "C" void arnormKStampsPrint(int rank) {
         const int n = (k + 1) % STAMP_CALLS;
         if (h[n][0] > h[k][0] && h[n][0] - h[k][0] < 100000) period.push_back((long long)(h[n][0] - h[k][0]));
     }
-    auto med = [](std::vector<long long> v) {
-        std::sort(v.begin(), v.end());
-        return v.empty() ? -1LL : v[v.size() / 2];
-    };
-    printTwoShotStamps(rank, med);
+    printTwoShotStamps(rank);
     if (d[1].empty()) {
         fprintf(stderr, "arnorm stamps: rank %d: no one-shot call recorded\n", rank);
         return;
