@@ -858,6 +858,29 @@ __device__ __forceinline__ int ownerOf(long long row, long long rows, int n) {
     return p;
 }
 
+/*
+ * Items [0, total) of one phase handed out to the blocks as they become free: a block takes
+ * item blockIdx.x first, then gridDim.x + the next value of `counter` (this call's, zero at
+ * its start); thread 0 asks for the next item before the block works on the current one, so
+ * the atomic's round trip overlaps the work. With rows fixed by block index the two-shot's
+ * blocks finished up to 60 us apart at 8192 tokens (session 6 stamps, docs/performance.md).
+ * sh: 2 longs of shared memory (double-buffered: one barrier per item).
+ */
+template <typename F>
+__device__ __forceinline__ void forEachRow(unsigned *counter, long long total, long long *sh,
+                                           F work) {
+    int parity = 0;
+    for (long long cur = blockIdx.x; cur < total;) {
+        unsigned ticket = 0;
+        if (threadIdx.x == 0) ticket = atomicAdd(counter, 1u);
+        work(cur);
+        if (threadIdx.x == 0) sh[parity] = (long long)gridDim.x + ticket;
+        __syncthreads();
+        cur = sh[parity];
+        parity ^= 1;
+    }
+}
+
 template <typename T, int N, int MaxT>
 __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     __shared__ float red[33];
@@ -869,11 +892,11 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     const long long rows = a.rows;
     const int rank = a.rank;
     const long long r0 = rows * rank / N, r1 = rows * (rank + 1) / N;
+    const long long others = rows - (r1 - r0); /* rows this rank does not own */
     /* stage 1 walks the rows starting at the next rank's share (see there) */
-    const long long firstRow = (blockIdx.x + r1) % rows;
     Chunk<T> first; /* as in the one-shot: loaded while the control block is read */
-    if (blockIdx.x < rows && threadIdx.x < nchunks)
-        loadUser(first, a.input, firstRow, threadIdx.x, hidden, a.count, vec);
+    if (blockIdx.x < others && threadIdx.x < nchunks)
+        loadUser(first, a.input, (blockIdx.x + r1) % rows, threadIdx.x, hidden, a.count, vec);
     /* TP2 calls of >= 1024 rows announce after their reduce-scatter pushes and clear, where
      * the release's wait overlaps the wait for the peer (2048 x 4096 bf16: 63.6 -> 62.0 us);
      * the others at once (late: TP2 512 +0.8 us, session 5; TP4 2048 +4 us, session 6) */
@@ -888,15 +911,17 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     const long long slotOff = (long long)st.slot * a.slotBytes;
     constexpr long long cb = 8 * T::kSize;
     char *mine = (char *)a.peerBuf[rank];
+    __shared__ long long shNext[2];
+    unsigned *rowNext = ctrl->rowNext[st.slot];
+    if (blockIdx.x == 0 && threadIdx.x < 3) ctrl->rowNext[st.clearSlot][threadIdx.x] = 0;
 
     /* 1. reduce-scatter push: row i goes to its owner's region `rank`; this rank's own
-     * rows stay where they are (read in place in 3). Rank r starts with rank r+1's rows,
-     * then r+2's, ...: at any moment the ranks push to different owners instead of all
-     * to rank 0 first (no incast at TP >= 3). */
-    for (long long k = blockIdx.x; k < rows; k += gridDim.x) {
+     * rows stay where they are (read in place in 3). Rank r takes rank r+1's rows first,
+     * then r+2's, ... (rows r1, r1 + 1, ... modulo rows): at any moment the ranks push to
+     * different owners instead of all to rank 0 first (no incast at TP >= 3). */
+    forEachRow(&rowNext[0], others, shNext, [&](long long k) {
         const long long row = (k + r1) % rows;
         const int p = ownerOf(row, rows, N);
-        if (p == rank) continue;
         const long long j = row - rows * p / N;
         char *dst = (char *)a.peerBuf[p] + slotOff + rank * rsStride + j * pitch;
         for (long long c = threadIdx.x; c < nchunks; c += blockDim.x) {
@@ -904,7 +929,7 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
             loadPartial(x, first, k == blockIdx.x && c == threadIdx.x, a, row, c, hidden, vec);
             storeChunk(dst + c * cb, x);
         }
-    }
+    });
     /* 2. clear the slot the previous call read */
     TS_STAMP_AT(st.count, kTsStart, tStart);
     TS_STAMP(st.count, kTsPushed);
@@ -915,7 +940,7 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     /* 3. owned rows: sum in rank order, residual add, push h to every peer (all-gather),
      * then finish the row here: no round trip through our own slot */
     const unsigned peers = ((1u << N) - 1u) & ~(1u << rank);
-    for (long long j = blockIdx.x; j < r1 - r0; j += gridDim.x) {
+    forEachRow(&rowNext[1], r1 - r0, shNext, [&](long long j) {
         const long long row = r0 + j;
         const long long agRow = slotOff + agOff + row * pitch;
         finishRow<T>(a, row, a.residual != nullptr, vec, red, 0, wholeRow(),
@@ -930,13 +955,12 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
                 for (int p = 0; p < N; p++)
                     if (p != rank) storeChunk((char *)a.peerBuf[p] + agRow + c * cb, o);
             });
-    }
+    });
 
     TS_STAMP(st.count, kTsOwned);
 
     /* 4. the other ranks' rows: wait for h, store residualOut, norm */
-    const long long others = rows - (r1 - r0);
-    for (long long k = blockIdx.x; k < others; k += gridDim.x) {
+    forEachRow(&rowNext[2], others, shNext, [&](long long k) {
         const long long row = k < r0 ? k : k + (r1 - r0);
         const int owner = ownerOf(row, rows, N);
         finishRow<T>(a, row, false, vec, red, 0, wholeRow(), [&](long long c, float x[8]) {
@@ -946,7 +970,7 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
 #pragma unroll
             for (int i = 0; i < 8; i++) x[i] = getf(v[0], i);
         }, NoPut());
-    }
+    });
     TS_STAMP(st.count, kTsEnd);
     /* peers never write our own reduce-scatter region nor our rows of the all-gather */
     lamportEnd(a, st, agOff + rows * pitch, keepRange(rank * rsStride, rsStride),

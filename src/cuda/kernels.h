@@ -51,6 +51,9 @@ typedef struct {
     int failed;                  /* a wait timed out or shapes differed: later kernels write
                                     nothing and wait for nothing */
     unsigned long long checkCount; /* check-mode exchanges made: check slot = checkCount % 3 */
+    unsigned int rowNext[ARNORM_LAMPORT_SLOTS][3]; /* two-shot: per slot, the rows of each
+                                    phase handed out so far (kernels.cu, forEachRow); a call
+                                    zeroes the previous call's, as it clears its slot */
     unsigned long long pad[9];
 } arnormKCtrl;
 
