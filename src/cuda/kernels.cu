@@ -681,6 +681,10 @@ __device__ __forceinline__ LamportState lamportBegin(const arnormKArgs &a, bool 
     st.w.errWord = a.errWord;
     st.w.failed = (int)sh[2];
     st.w.iter = 0;
+    /* the two-shot's row counters of the previous call's slot (forEachRow): zero when
+     * this slot comes round again, whichever kernel runs in between */
+    if (blockIdx.x == 0 && threadIdx.x < 3 && !st.w.failed)
+        a.ctrl->rowNext[st.clearSlot][threadIdx.x] = 0;
     return st;
 }
 
@@ -913,7 +917,6 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     char *mine = (char *)a.peerBuf[rank];
     __shared__ long long shNext[2];
     unsigned *rowNext = ctrl->rowNext[st.slot];
-    if (blockIdx.x == 0 && threadIdx.x < 3) ctrl->rowNext[st.clearSlot][threadIdx.x] = 0;
 
     /* 1. reduce-scatter push: row i goes to its owner's region `rank`; this rank's own
      * rows stay where they are (read in place in 3). Rank r takes rank r+1's rows first,
