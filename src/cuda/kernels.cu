@@ -868,32 +868,27 @@ __device__ __forceinline__ int ownerOf(long long row, long long rows, int n) {
  * its start); thread 0 asks for the next item before the block works on the current one, so
  * the atomic's round trip overlaps the work. With rows fixed by block index the two-shot's
  * blocks finished up to 60 us apart at 8192 tokens (session 6 stamps, docs/performance.md).
- * When the grid has a block for every item there is nothing to balance (TP2 512 x 4096:
- * the tickets cost 0.5 us, session 7). The next item goes through shared memory, double-buffered (one barrier per item); the
- * buffer's parity carries over from phase to phase, so a phase's first write never lands
- * on the word the previous phase's last read came from (no barrier between phases).
+ * When the grid has a block for every item there is nothing to hand out: no tickets, no
+ * barrier. Else the next item goes through shared memory, double-buffered (one barrier per
+ * item, and one at the end: the next phase's first write must not land on a word still
+ * being read). sh: 2 longs of shared memory.
  */
-struct RowQueue {
-    long long *next; /* 2 longs of shared memory */
-    int parity;
-};
-
 template <typename F>
-__device__ __forceinline__ void forEachRow(RowQueue &q, unsigned *counter, long long total,
+__device__ __forceinline__ void forEachRow(unsigned *counter, long long total, long long *sh,
                                            F work) {
-    if (total <= gridDim.x) { /* one item a block at most: no tickets, no barrier */
-        if (blockIdx.x < total) work((long long)blockIdx.x);
-        return;
-    }
+    const bool handOut = total > gridDim.x;
+    int parity = 0;
     for (long long cur = blockIdx.x; cur < total;) {
         unsigned ticket = 0;
-        if (threadIdx.x == 0) ticket = atomicAdd(counter, 1u);
-        work(cur);
-        if (threadIdx.x == 0) q.next[q.parity] = (long long)gridDim.x + ticket;
+        if (handOut && threadIdx.x == 0) ticket = atomicAdd(counter, 1u);
+        work(cur); /* one call site: a second copy of the row's code spilled (84 B) */
+        if (!handOut) return;
+        if (threadIdx.x == 0) sh[parity] = (long long)gridDim.x + ticket;
         __syncthreads();
-        cur = q.next[q.parity];
-        q.parity ^= 1;
+        cur = sh[parity];
+        parity ^= 1;
     }
+    if (handOut) __syncthreads();
 }
 
 template <typename T, int N, int MaxT>
@@ -927,14 +922,13 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     constexpr long long cb = 8 * T::kSize;
     char *mine = (char *)a.peerBuf[rank];
     __shared__ long long shNext[2];
-    RowQueue queue = {shNext, 0};
     unsigned *rowNext = ctrl->rowNext[st.slot];
 
     /* 1. reduce-scatter push: row i goes to its owner's region `rank`; this rank's own
      * rows stay where they are (read in place in 3). Rank r takes rank r+1's rows first,
      * then r+2's, ... (rows r1, r1 + 1, ... modulo rows): at any moment the ranks push to
      * different owners instead of all to rank 0 first (no incast at TP >= 3). */
-    forEachRow(queue, &rowNext[0], others, [&](long long k) {
+    forEachRow(&rowNext[0], others, shNext, [&](long long k) {
         const long long row = (k + r1) % rows;
         const int p = ownerOf(row, rows, N);
         const long long j = row - rows * p / N;
@@ -955,7 +949,7 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     /* 3. owned rows: sum in rank order, residual add, push h to every peer (all-gather),
      * then finish the row here: no round trip through our own slot */
     const unsigned peers = ((1u << N) - 1u) & ~(1u << rank);
-    forEachRow(queue, &rowNext[1], r1 - r0, [&](long long j) {
+    forEachRow(&rowNext[1], r1 - r0, shNext, [&](long long j) {
         const long long row = r0 + j;
         const long long agRow = slotOff + agOff + row * pitch;
         finishRow<T>(a, row, a.residual != nullptr, vec, red, 0, wholeRow(),
@@ -975,7 +969,7 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     TS_STAMP(st.count, kTsOwned);
 
     /* 4. the other ranks' rows: wait for h, store residualOut, norm */
-    forEachRow(queue, &rowNext[2], others, [&](long long k) {
+    forEachRow(&rowNext[2], others, shNext, [&](long long k) {
         const long long row = k < r0 ? k : k + (r1 - r0);
         const int owner = ownerOf(row, rows, N);
         finishRow<T>(a, row, false, vec, red, 0, wholeRow(), [&](long long c, float x[8]) {
