@@ -176,10 +176,11 @@ arnormResult_t arnormResolveSettings(const arnormConfig_t *config, arnormSetting
 
 /*
  * Default fused budget in bytes per rank tensor (T * H * sizeof(D)): beyond it the
- * fallback is faster. CUDA, from the crossovers measured with arnorm-bench on the lent
- * 4x H100 SXM (docs/gpu.md, docs/performance.md): TP2 fused wins at every size measured
- * (up to 128 MiB), TP3 and TP4 up to 16 MiB; TP5-8 unmeasured (no 8-GPU machine yet): the
- * field's 0.5 MiB. CPU: the fused one-shot beats the staged path at every size measured;
+ * fallback is faster. CUDA, from the crossovers measured with arnorm-bench (docs/gpu.md,
+ * docs/performance.md): TP2 fused wins at every size measured (up to 128 MiB, 4x H100 SXM);
+ * TP3 up to 32 MiB and TP4 up to 64 MiB, the largest measured (4x H200, session 7, with
+ * the two-shot's rows handed out dynamically; at TP3 64 MiB it wins at H = 4096 by 3% and
+ * loses at H = 8192 by 1%); TP5-8 unmeasured (no 8-GPU machine yet): the field's 0.5 MiB. CPU: the fused one-shot beats the staged path at every size measured;
  * 1 MiB keeps the shared segment small.
  */
 long long arnormDefaultFuseMaxBytes(arnormBackend_t backend, int nranks, int smMajor) {
@@ -187,7 +188,8 @@ long long arnormDefaultFuseMaxBytes(arnormBackend_t backend, int nranks, int smM
     if (nranks <= 1) return 0;
     if (backend == arnormBackendCpu) return 1LL << 20;
     if (nranks == 2) return 128LL << 20;
-    if (nranks <= 4) return 16LL << 20;
+    if (nranks == 3) return 32LL << 20;
+    if (nranks == 4) return 64LL << 20;
     return 512LL << 10;
 }
 
@@ -214,7 +216,8 @@ void arnormSettingsFinish(arnormSettings *s, arnormBackend_t backend, int nranks
         /* Calls larger than the workspace run as one launch per chunk, and each launch
            pays the two-shot's fill and drain (~2.5-3.5 us at TP2): 64 MiB at TP2 takes
            8192 x 4096 bf16 in one launch, 266 -> 242 us on H200 (docs/performance.md), for
-           384 MiB per rank. TP3+ keep 8 MiB (their fused budget is 16 MiB). */
+           384 MiB per rank. TP3+ keep 8 MiB: calls above it run in 8 MiB launches, which
+           at TP3-4 beat one launch over a 16 or 64 MiB workspace (session 7, call 4). */
         const long long ws = nranks == 2 ? (64LL << 20) : (8LL << 20);
         if (s->workspaceBytes < 0) s->workspaceBytes = s->fuseMaxBytes < ws ? s->fuseMaxBytes : ws;
         if (s->workspaceBytes < 4096) s->workspaceBytes = 4096;
