@@ -180,8 +180,9 @@ arnormResult_t arnormResolveSettings(const arnormConfig_t *config, arnormSetting
  * docs/performance.md): TP2 fused wins at every size measured (up to 128 MiB, 4x H100 SXM);
  * TP3 up to 32 MiB and TP4 up to 64 MiB, the largest measured (4x H200, session 7, with
  * the two-shot's rows handed out dynamically; at TP3 64 MiB it wins at H = 4096 by 3% and
- * loses at H = 8192 by 1%); TP5-8 unmeasured (no 8-GPU machine yet): the field's 0.5 MiB. CPU: the fused one-shot beats the staged path at every size measured;
- * 1 MiB keeps the shared segment small.
+ * loses at H = 8192 by 1%); TP5-8 unmeasured (no 8-GPU machine yet): the field's 0.5 MiB.
+ * CPU: the fused one-shot beats the staged path at every size measured; 1 MiB keeps the
+ * shared segment small.
  */
 long long arnormDefaultFuseMaxBytes(arnormBackend_t backend, int nranks, int smMajor) {
     (void)smMajor;
