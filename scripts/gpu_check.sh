@@ -3,7 +3,9 @@
 # builds (unless $BUILD holds a build already), then
 #   1. GPU test suite at TP 1-4, multi-process (mp) and single-process (sp), with
 #      compute-sanitizer memcheck/racecheck and the PyTorch binding test running beside it
-#      on the other GPUs (correctness only: nothing is timed while they run);
+#      on the other GPUs (correctness only: nothing is timed while they run); TP2 and TP4
+#      mp and racecheck once more with the grid capped (ARNORM_TEST_MAX_UNITS), so small
+#      calls take the two-shot's row hand-out;
 #   2. arnorm-floors (the machine's graph node, NVLink latency and copy times), arnorm-bench
 #      (CUDA-graph replay and stream loop, NCCL + norm baseline in the same run), then
 #      ../shared/bench/torch_baseline.py (carried in .carry/) on the same GPUs;
@@ -71,12 +73,17 @@ fails=0
 lane01() {
   export CUDA_VISIBLE_DEVICES=0,1
   run test_mp_w2 300 "$T" mp 2 $Q; run test_sp_w2 200 "$T" sp 2 quick
+  run test_mp_w2_grid2 200 env ARNORM_TEST_MAX_UNITS=2 "$T" mp 2 quick # rows handed out at every size
   run test_mp_w1 120 "$T" mp 1 quick; run test_sp_w1 120 "$T" sp 1 quick
   for v in ${TEST_VARIANTS:-}; do run "test_mp_w2_$v" 200 env "$v" "$T" mp 2 quick; done
 }
 sanitizers() { # world: memcheck multi-process, racecheck single-process, tiny matrix
   run memcheck_mp$1 240 "$CS" --tool memcheck --report-api-errors no --error-exitcode 9 "$T" mp "$1" tiny
   run racecheck_sp$1 200 "$CS" --tool racecheck --report-api-errors no --error-exitcode 9 "$T" sp "$1" tiny
+  # the tiny matrix's calls have a block per row: a one-unit grid makes the two-shot hand
+  # its rows out (forEachRow), the path racecheck must see
+  [ "$1" -lt 2 ] || run racecheck_sp${1}_grid1 200 env ARNORM_TEST_MAX_UNITS=1 \
+    "$CS" --tool racecheck --report-api-errors no --error-exitcode 9 "$T" sp "$1" tiny
 }
 lane23() {
   export CUDA_VISIBLE_DEVICES=$LANE2
@@ -87,6 +94,7 @@ if has tests; then
   if [ "$NGPU" -ge 4 ]; then
     lane01 & lane23 & wait
     run test_mp_w4 300 "$T" mp 4 $Q; run test_sp_w4 200 "$T" sp 4 quick
+    run test_mp_w4_grid2 200 env ARNORM_TEST_MAX_UNITS=2 "$T" mp 4 quick
     run test_mp_w3 150 "$T" mp 3 quick; run test_sp_w3 150 "$T" sp 3 quick
     run torch_binding_tp4 240 torchrun --nproc-per-node=4 tests/gpu/test_torch_binding.py --quick --no-timing
   elif [ "$NGPU" -ge 2 ]; then

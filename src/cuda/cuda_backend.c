@@ -40,6 +40,7 @@ typedef struct {
 typedef struct {
     int device;
     int smCount;
+    int testMaxUnits; /* ARNORM_TEST_MAX_UNITS (tests only), 0 = none */
     int smMajor;
     ncclComm_t nccl;
     int ownNccl;       /* we created it (not InitFromNccl) */
@@ -250,6 +251,7 @@ static void fillLamport(CudaImpl *im, struct arnormComm *comm, arnormKArgs *k) {
     k->smCount = im->smCount;
     k->pdl = comm->settings.usePdl && im->smMajor >= 9;
     k->clusters = im->smMajor >= 9;
+    k->maxUnits = im->testMaxUnits;
 }
 
 /* Rows per launch of a Lamport algo; 0 when not even one row fits. */
@@ -551,6 +553,11 @@ static arnormResult_t implBasics(struct arnormComm *comm, CudaImpl *im, int devi
     CU(comm, cudaSetDevice(device));
     CU(comm, cudaDeviceGetAttribute(&im->smCount, cudaDevAttrMultiProcessorCount, device));
     CU(comm, cudaDeviceGetAttribute(&im->smMajor, cudaDevAttrComputeCapabilityMajor, device));
+    im->testMaxUnits = envInt("ARNORM_TEST_MAX_UNITS", 0);
+    if (im->testMaxUnits < 0) im->testMaxUnits = 0;
+    if (im->testMaxUnits)
+        arnormLog(ARNORM_LOG_WARN, "cuda: ARNORM_TEST_MAX_UNITS=%d: Lamport grids capped (a "
+                  "test setting: slower)", im->testMaxUnits);
     CU(comm, cudaStreamCreateWithFlags(&im->initStream, cudaStreamNonBlocking));
     CU(comm, cudaMalloc(&im->staging, 4096));
     arnormSettingsFinish(&comm->settings, arnormBackendCuda, comm->nranks, im->smMajor);

@@ -1170,7 +1170,8 @@ extern "C" int arnormKLaunch(const arnormKArgs *a, void *stream) {
                                       a->clusters);
     if (!sh.fn) return (int)cudaErrorInvalidValue;
     /* rows in flight: every block of the grid resident at once (the Lamport kernels spin) */
-    const long long maxUnits = residentUnits(sh, a->algo, a->smCount);
+    long long maxUnits = residentUnits(sh, a->algo, a->smCount);
+    if (a->maxUnits > 0 && a->maxUnits < maxUnits) maxUnits = a->maxUnits;
     long long units = a->rows < maxUnits ? a->rows : maxUnits;
     arnormKArgs k = *a;
     k.clearFrom = 0;

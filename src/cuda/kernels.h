@@ -100,6 +100,10 @@ typedef struct {
                      split over two blocks */
     long long clearHint; /* bytes the call will likely clear (host's mirror of the rotation;
                             only sizes the grid: a call of few rows still clears fast) */
+    int maxUnits; /* tests only (ARNORM_TEST_MAX_UNITS, read at init): at most this many
+                     units (blocks, or clusters) in a Lamport grid, 0 = no cap; a small
+                     call then takes a large one's paths, e.g. the two-shot's row hand-out
+                     under compute-sanitizer's racecheck with the tiny test matrix */
     long long clearFrom; /* set by arnormKLaunch: the first unit (block, or cluster) that
                             clears the previous slot; 0 (all, after their rows' pushes) or
                             rows (units past the rows that only clear) */
