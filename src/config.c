@@ -217,8 +217,9 @@ void arnormSettingsFinish(arnormSettings *s, arnormBackend_t backend, int nranks
         /* Calls larger than the workspace run as one launch per chunk, and each launch
            pays the two-shot's fill and drain (~2.5-3.5 us at TP2): 64 MiB at TP2 takes
            8192 x 4096 bf16 in one launch, 266 -> 242 us on H200 (docs/performance.md), for
-           384 MiB per rank. TP3+ keep 8 MiB: calls above it run in 8 MiB launches, which
-           at TP3-4 beat one launch over a 16 or 64 MiB workspace (session 7, call 4). */
+           384 MiB per rank. TP3+ keep 8 MiB (a two-shot launch then takes N/2 x 8 MiB of
+           tensor): at TP3-4 its launches beat one launch over a 16 or 64 MiB workspace
+           (session 7, call 4). */
         const long long ws = nranks == 2 ? (64LL << 20) : (8LL << 20);
         if (s->workspaceBytes < 0) s->workspaceBytes = s->fuseMaxBytes < ws ? s->fuseMaxBytes : ws;
         if (s->workspaceBytes < 4096) s->workspaceBytes = 4096;
