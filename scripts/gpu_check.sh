@@ -20,7 +20,8 @@
 # that run beside each other on 4 GPUs run one after the other; on 1 GPU only TP1 runs (the
 # norm path: tests, sanitizers, the benchmark and torch.compile's norm beside it).
 #   QUICK=1: quick test matrix everywhere (default: full matrix at TP2 and TP4 mp)
-#   TEST_VARIANTS="VAR=value ...": the quick TP2 test again under each setting
+#   TEST_VARIANTS="VAR=value ...": the quick TP2 test again under each setting (after
+#     ARNORM_TEST_MAX_UNITS=2, always run)
 #   AB_TOKENS, AB_HIDDEN: the ab stage's token list and hidden sizes (default 4096)
 #   STAGES="ab tests reliability speed example" (default: tests reliability speed example)
 set -uo pipefail
@@ -73,9 +74,11 @@ fails=0
 lane01() {
   export CUDA_VISIBLE_DEVICES=0,1
   run test_mp_w2 300 "$T" mp 2 $Q; run test_sp_w2 200 "$T" sp 2 quick
-  run test_mp_w2_grid2 200 env ARNORM_TEST_MAX_UNITS=2 "$T" mp 2 quick # rows handed out at every size
   run test_mp_w1 120 "$T" mp 1 quick; run test_sp_w1 120 "$T" sp 1 quick
-  for v in ${TEST_VARIANTS:-}; do run "test_mp_w2_$v" 200 env "$v" "$T" mp 2 quick; done
+  # the grid capped at 2 units first: the two-shot hands its rows out at every size
+  for v in ARNORM_TEST_MAX_UNITS=2 ${TEST_VARIANTS:-}; do
+    run "test_mp_w2_$v" 200 env "$v" "$T" mp 2 quick
+  done
 }
 sanitizers() { # world: memcheck multi-process, racecheck single-process, tiny matrix
   run memcheck_mp$1 240 "$CS" --tool memcheck --report-api-errors no --error-exitcode 9 "$T" mp "$1" tiny
