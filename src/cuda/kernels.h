@@ -52,8 +52,9 @@ typedef struct {
                                     nothing and wait for nothing */
     unsigned long long checkCount; /* check-mode exchanges made: check slot = checkCount % 3 */
     unsigned int rowNext[ARNORM_LAMPORT_SLOTS][3]; /* two-shot: per slot, the rows of each
-                                    phase handed out so far (kernels.cu, forEachRow); a call
-                                    zeroes the previous call's, as it clears its slot */
+                                    phase handed out so far (kernels.cu, forEachRow); every
+                                    Lamport call's state owner zeroes the previous call's slot's
+                                    at its end (lamportEnd) */
     unsigned long long pad[9];
 } arnormKCtrl;
 
@@ -138,8 +139,9 @@ int arnormKFill32(void *p, unsigned int value, size_t words, void *stream);
 
 #ifdef ARNORM_KERNEL_STAMPS
 /* Development builds only (-DARNORM_KERNEL_STAMPS): block 0 of each one-shot call records
- * %globaltimer at its phases; prints, for the current device, the median time from the
- * kernel's start to each phase over the calls recorded. Called at communicator destroy. */
+ * %globaltimer at its phases, and the two-shot the first and the last block to reach each
+ * of its phases; prints, for the current device, the medians over the calls recorded.
+ * Called at communicator destroy. */
 void arnormKStampsPrint(int rank);
 #endif
 
