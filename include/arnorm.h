@@ -167,8 +167,9 @@ typedef struct {
     long long fuseMaxBytes;    /* fused path up to this many bytes per rank tensor (T*H*size);
                                   0 disables fusing. Default: per backend and world size.
                                                                     ARNORM_FUSE_MAX_BYTES */
-    long long oneShotMaxBytes; /* one-shot up to this, two-shot above; default per backend
-                                  and world size (CPU: 0, fp32 64 KiB)
+    long long oneShotMaxBytes; /* one-shot up to this, two-shot above; default per backend,
+                                  world size, dtype and row width (CPU: 0, fp32 64 KiB);
+                                  a value set applies to every call
                                                                     ARNORM_ONESHOT_MAX_BYTES */
     long long workspaceBytes;  /* fused workspace per slot; larger calls are chunked
                                                                     ARNORM_WORKSPACE_BYTES */

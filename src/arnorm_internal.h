@@ -32,16 +32,26 @@ typedef struct {
     long long fuseMaxBytes;    /* < 0 until the backend default is known */
     long long oneShotMaxBytes;
     long long oneShotMaxBytesF32; /* the same for fp32 calls: differs only by the CPU default */
+    long long oneShotMaxBytesWide; /* the same for 16-bit rows of more than
+                                      ARNORM_NARROW_HIDDEN elements: differs only by the CUDA
+                                      default */
     long long workspaceBytes;
     long long timeoutMs;
     int usePdl;
     int checkMode;
 } arnormSettings;
 
-/* The one-shot's limit (bytes per rank tensor) for calls of `dtype`: one rule for the fused
- * dispatch and the plain all-reduce. */
-static inline long long arnormOneShotMaxBytes(const arnormSettings *s, arnormDataType_t dtype) {
-    return dtype == arnormFloat32 ? s->oneShotMaxBytesF32 : s->oneShotMaxBytes;
+/* Rows up to this many elements run in the CUDA backend's 512-thread kernels, wider ones in
+ * the 1024-thread kernels, where the two-shot's fixed cost is higher (docs/performance.md,
+ * version 8): the one-shot's default limit differs between the two. */
+#define ARNORM_NARROW_HIDDEN 4096
+
+/* The one-shot's limit (bytes per rank tensor) for calls of `dtype` with rows of `hidden`
+ * elements: one rule for the fused dispatch and the plain all-reduce. */
+static inline long long arnormOneShotMaxBytes(const arnormSettings *s, arnormDataType_t dtype,
+                                              size_t hidden) {
+    if (dtype == arnormFloat32) return s->oneShotMaxBytesF32;
+    return hidden > ARNORM_NARROW_HIDDEN ? s->oneShotMaxBytesWide : s->oneShotMaxBytes;
 }
 
 struct arnormComm;

@@ -63,7 +63,8 @@ static void readEnvironment(void) {
     arnormSettings *s = &env.s;
     s->backend = -1;
     s->algo = -1;
-    s->fuseMaxBytes = s->oneShotMaxBytes = s->oneShotMaxBytesF32 = s->workspaceBytes =
+    s->fuseMaxBytes = s->oneShotMaxBytes = s->oneShotMaxBytesF32 = s->oneShotMaxBytesWide =
+        s->workspaceBytes =
         s->timeoutMs = UNSET_LL;
     s->usePdl = s->checkMode = -1;
     env.status = arnormSuccess;
@@ -178,9 +179,11 @@ arnormResult_t arnormResolveSettings(const arnormConfig_t *config, arnormSetting
  * Default fused budget in bytes per rank tensor (T * H * sizeof(D)): beyond it the
  * fallback is faster. CUDA, from the crossovers measured with arnorm-bench (docs/gpu.md,
  * docs/performance.md): TP2 fused wins at every size measured (up to 128 MiB, 4x H100 SXM);
- * TP3 up to 32 MiB and TP4 up to 64 MiB, the largest measured (4x H200, session 7, with
- * the two-shot's rows handed out dynamically; at TP3 64 MiB it wins at H = 4096 by 3% and
- * loses at H = 8192 by 1%); TP5-8 unmeasured (no 8-GPU machine yet): the field's 0.5 MiB.
+ * TP3 and TP4 up to 32 MiB (4x H200, sessions 7-8, with the two-shot's rows handed out
+ * dynamically: at TP3 64 MiB wins at H = 4096 by 3% and loses at H = 8192 by 1%; at TP4 64
+ * MiB wins in graph replay, 355-367 vs 390 us at 8192 x 4096, but in a stream loop, how
+ * engines run prefill, it took 359-474 us in four runs, two of them slower than the
+ * fallback's 390); TP5-8 unmeasured (no 8-GPU machine yet): the field's 0.5 MiB.
  * CPU: the fused one-shot beats the staged path at every size measured; 1 MiB keeps the
  * shared segment small.
  */
@@ -189,8 +192,7 @@ long long arnormDefaultFuseMaxBytes(arnormBackend_t backend, int nranks, int smM
     if (nranks <= 1) return 0;
     if (backend == arnormBackendCpu) return 1LL << 20;
     if (nranks == 2) return 128LL << 20;
-    if (nranks == 3) return 32LL << 20;
-    if (nranks == 4) return 64LL << 20;
+    if (nranks == 3 || nranks == 4) return 32LL << 20;
     return 512LL << 10;
 }
 
@@ -211,9 +213,22 @@ void arnormSettingsFinish(arnormSettings *s, arnormBackend_t backend, int nranks
         }
         if (s->workspaceBytes < 0) s->workspaceBytes = 256LL << 10;
     } else {
-        /* TP2 crossover measured on H200 (docs/performance.md): at 2 MiB the one-shot wins
-           at H = 8192 (11.3 vs 12.7 us) and ties at H = 4096; at 4 MiB the two-shot wins */
-        if (s->oneShotMaxBytes < 0) s->oneShotMaxBytes = nranks == 2 ? (2LL << 20) : (256LL << 10);
+        /* One-shot up to these bytes per rank tensor, two-shot above: the crossovers
+           measured on 4x H200 (session 8, both forced, graph, docs/performance.md version
+           8), last size where the one-shot won. Rows of up to 4096 elements: TP2 128 x 4096
+           (7.05 vs 8.96 us; 192 rows lost 10.06 vs 9.68), TP3 96 x 4096 (8.83 vs 9.42; 128
+           lost), TP4 48 x 4096 (8.08 vs 8.43; 64 lost). Wider rows, where the two-shot's
+           1024-thread blocks cost ~2.5 us more at few rows: TP2 128 x 8192 (11.0 vs 13.4),
+           TP3 64 x 8192 (11.3 vs 12.5; 128 lost), TP4 32 x 8192 (10.2 vs 11.6; 48 lost).
+           TP5-8 unmeasured: the field's 256 KiB. fp32 not measured again: the previous
+           default (2 MiB at TP2, 256 KiB above). */
+        if (s->oneShotMaxBytes < 0) {
+            static const long long narrow[5] = {0, 0, 1LL << 20, 768LL << 10, 384LL << 10};
+            static const long long wide[5] = {0, 0, 2LL << 20, 1LL << 20, 512LL << 10};
+            s->oneShotMaxBytes = nranks <= 4 ? narrow[nranks] : 256LL << 10;
+            s->oneShotMaxBytesWide = nranks <= 4 ? wide[nranks] : 256LL << 10;
+            s->oneShotMaxBytesF32 = nranks == 2 ? 2LL << 20 : 256LL << 10;
+        }
         /* Calls larger than the workspace run as one launch per chunk, and each launch
            pays the two-shot's fill and drain (~2.5-3.5 us at TP2): 64 MiB at TP2 takes
            8192 x 4096 bf16 in one launch, 266 -> 242 us on H200 (docs/performance.md), for
@@ -224,11 +239,14 @@ void arnormSettingsFinish(arnormSettings *s, arnormBackend_t backend, int nranks
         if (s->workspaceBytes < 0) s->workspaceBytes = s->fuseMaxBytes < ws ? s->fuseMaxBytes : ws;
         if (s->workspaceBytes < 4096) s->workspaceBytes = 4096;
     }
+    /* a value the user set applies to every dtype and row width */
     if (s->oneShotMaxBytesF32 < 0) s->oneShotMaxBytesF32 = s->oneShotMaxBytes;
+    if (s->oneShotMaxBytesWide < 0) s->oneShotMaxBytesWide = s->oneShotMaxBytes;
     arnormLog(ARNORM_LOG_INFO,
               "settings: backend=%s nranks=%d algo=%s fuseMaxBytes=%lld oneShotMaxBytes=%lld "
-              "(fp32 %lld) workspaceBytes=%lld timeoutMs=%lld pdl=%d check=%d",
+              "(rows > %d elements %lld, fp32 %lld) workspaceBytes=%lld timeoutMs=%lld pdl=%d check=%d",
               backend == arnormBackendCpu ? "cpu" : "cuda", nranks, arnormGetAlgoString(s->algo),
-              s->fuseMaxBytes, s->oneShotMaxBytes, s->oneShotMaxBytesF32, s->workspaceBytes,
+              s->fuseMaxBytes, s->oneShotMaxBytes, ARNORM_NARROW_HIDDEN, s->oneShotMaxBytesWide,
+              s->oneShotMaxBytesF32, s->workspaceBytes,
               s->timeoutMs, s->usePdl, s->checkMode);
 }

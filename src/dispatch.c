@@ -68,7 +68,7 @@ void arnormDispatch(struct arnormComm *comm, const void *const *ptrs, int nptrs,
     const int fewerRowsThanRanks =
         s->backend == arnormBackendCpu && tokens < (size_t)comm->nranks;
     const int oneShot = (long long)(tokens * rowBytes) <=
-                            arnormOneShotMaxBytes(s, (arnormDataType_t)dtype) ||
+                            arnormOneShotMaxBytes(s, (arnormDataType_t)dtype, hidden) ||
                         fewerRowsThanRanks;
     info->algo = oneShot ? arnormAlgoOneShot : arnormAlgoTwoShot;
 }

@@ -426,7 +426,8 @@ static arnormResult_t cudaAllReduce(struct arnormComm *comm, const void *send, v
         else if (comm->settings.algo == arnormAlgoTwoShot)
             algo = arnormKTwoShot;
         else
-            algo = (long long)(count * es) <= arnormOneShotMaxBytes(&comm->settings, dtype)
+            algo = (long long)(count * es) <= arnormOneShotMaxBytes(&comm->settings, dtype,
+                                                                       (size_t)k.hidden)
                        ? arnormKOneShot
                        : arnormKTwoShot;
         r = runLamport(comm, im, k, k.rows, k.count, algo, s);
