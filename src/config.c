@@ -64,8 +64,7 @@ static void readEnvironment(void) {
     s->backend = -1;
     s->algo = -1;
     s->fuseMaxBytes = s->oneShotMaxBytes = s->oneShotMaxBytesF32 = s->oneShotMaxBytesWide =
-        s->workspaceBytes =
-        s->timeoutMs = UNSET_LL;
+        s->workspaceBytes = s->timeoutMs = UNSET_LL;
     s->usePdl = s->checkMode = -1;
     env.status = arnormSuccess;
     const char *v;
@@ -244,9 +243,9 @@ void arnormSettingsFinish(arnormSettings *s, arnormBackend_t backend, int nranks
     if (s->oneShotMaxBytesWide < 0) s->oneShotMaxBytesWide = s->oneShotMaxBytes;
     arnormLog(ARNORM_LOG_INFO,
               "settings: backend=%s nranks=%d algo=%s fuseMaxBytes=%lld oneShotMaxBytes=%lld "
-              "(rows > %d elements %lld, fp32 %lld) workspaceBytes=%lld timeoutMs=%lld pdl=%d check=%d",
+              "(rows > %d elements %lld, fp32 %lld) workspaceBytes=%lld timeoutMs=%lld pdl=%d "
+              "check=%d",
               backend == arnormBackendCpu ? "cpu" : "cuda", nranks, arnormGetAlgoString(s->algo),
               s->fuseMaxBytes, s->oneShotMaxBytes, ARNORM_NARROW_HIDDEN, s->oneShotMaxBytesWide,
-              s->oneShotMaxBytesF32, s->workspaceBytes,
-              s->timeoutMs, s->usePdl, s->checkMode);
+              s->oneShotMaxBytesF32, s->workspaceBytes, s->timeoutMs, s->usePdl, s->checkMode);
 }

@@ -247,6 +247,39 @@ static int reasonsRank(int rank, int nranks, arnormUniqueId id, void *shared, vo
     return 0;
 }
 
+/* Two ranks: a oneShotMaxBytes the user sets applies to every dtype and row width (the
+ * CUDA defaults differ by both; docs/performance.md, version 8). */
+static int switchRank(int rank, int nranks, arnormUniqueId id, void *shared, void *arg) {
+    (void)shared;
+    (void)arg;
+    arnormConfig_t cfg = ARNORM_CONFIG_INITIALIZER;
+    cfg.backend = arnormBackendCpu;
+    cfg.oneShotMaxBytes = 64 << 10;
+    arnormComm_t comm = NULL;
+    TU_OK(arnormCommInitRank(&comm, nranks, id, rank, &cfg));
+    _Alignas(16) static uint16_t buf[64];
+    static const struct {
+        size_t tokens, hidden;
+        arnormDataType_t dtype;
+        arnormAlgo_t algo;
+    } picks[] = {{8, 4096, arnormBfloat16, arnormAlgoOneShot},  /* 64 KiB */
+                 {9, 4096, arnormBfloat16, arnormAlgoTwoShot},
+                 {4, 8192, arnormFloat16, arnormAlgoOneShot},   /* wide rows, 64 KiB */
+                 {5, 8192, arnormFloat16, arnormAlgoTwoShot},
+                 {4, 4096, arnormFloat32, arnormAlgoOneShot},   /* fp32, 64 KiB */
+                 {5, 4096, arnormFloat32, arnormAlgoTwoShot}};
+    arnormFuseInfo_t info;
+    for (size_t i = 0; i < sizeof picks / sizeof picks[0]; i++) {
+        TU_OK(arnormCanFuse(comm, buf, picks[i].tokens, picks[i].hidden, picks[i].hidden,
+                            picks[i].dtype, &info));
+        TU_CHECK(info.canFuse && info.algo == picks[i].algo, "%zu x %zu %s: algo %s, want %s",
+                 picks[i].tokens, picks[i].hidden, tuDtypeName(picks[i].dtype),
+                 arnormGetAlgoString(info.algo), arnormGetAlgoString(picks[i].algo));
+    }
+    TU_OK(arnormCommDestroy(comm));
+    return 0;
+}
+
 int main(void) {
     tuSeed();
     int failed = 0;
@@ -276,6 +309,7 @@ int main(void) {
     }
     failed |= testStrings() || testInit();
     failed |= tuLaunch(2, reasonsRank, NULL, 0, 120);
+    failed |= tuLaunch(2, switchRank, NULL, 0, 120);
     printf("%d refusals checked\n%s\n", checks, failed ? "FAILED" : "PASSED");
     return failed;
 }
