@@ -204,6 +204,26 @@ static int testStrings(void) {
     return 0;
 }
 
+/* A fusable call's shape and the algorithm the dispatcher must pick for it. */
+typedef struct {
+    size_t tokens, hidden;
+    arnormDataType_t dtype;
+    arnormAlgo_t algo;
+} Pick;
+
+static int expectPicks(arnormComm_t comm, const Pick *picks, size_t n) {
+    _Alignas(16) static uint16_t buf[64];
+    arnormFuseInfo_t info;
+    for (size_t i = 0; i < n; i++) {
+        TU_OK(arnormCanFuse(comm, buf, picks[i].tokens, picks[i].hidden, picks[i].hidden,
+                            picks[i].dtype, &info));
+        TU_CHECK(info.canFuse && info.algo == picks[i].algo, "%zu x %zu %s: algo %s, want %s",
+                 picks[i].tokens, picks[i].hidden, tuDtypeName(picks[i].dtype),
+                 arnormGetAlgoString(info.algo), arnormGetAlgoString(picks[i].algo));
+    }
+    return 0;
+}
+
 /* Two ranks: the eligibility reasons of arnormCanFuse. */
 static int reasonsRank(int rank, int nranks, arnormUniqueId id, void *shared, void *arg) {
     (void)shared;
@@ -227,19 +247,11 @@ static int reasonsRank(int rank, int nranks, arnormUniqueId id, void *shared, vo
     TU_CHECK(info.reason == arnormReasonUnsupportedDtype, "dtype: %s", arnormGetReasonString(info.reason));
     /* the CPU defaults: 16-bit types take the two-shot once every rank owns a row, fp32
        the one-shot up to 64 KiB per rank tensor (docs/performance.md) */
-    static const struct {
-        size_t tokens;
-        arnormDataType_t dtype;
-        arnormAlgo_t algo;
-    } picks[] = {{2, arnormBfloat16, arnormAlgoTwoShot}, {2, arnormFloat16, arnormAlgoTwoShot},
-                 {2, arnormFloat32, arnormAlgoOneShot},  {4, arnormFloat32, arnormAlgoOneShot},
-                 {5, arnormFloat32, arnormAlgoTwoShot},  {8, arnormFloat32, arnormAlgoTwoShot}};
-    for (size_t i = 0; i < sizeof picks / sizeof picks[0]; i++) {
-        TU_OK(arnormCanFuse(comm, buf, picks[i].tokens, 4096, 4096, picks[i].dtype, &info));
-        TU_CHECK(info.canFuse && info.algo == picks[i].algo, "%zu x 4096 %s: algo %s, want %s",
-                 picks[i].tokens, picks[i].dtype == arnormFloat32 ? "fp32" : "16-bit",
-                 arnormGetAlgoString(info.algo), arnormGetAlgoString(picks[i].algo));
-    }
+    static const Pick picks[] = {
+        {2, 4096, arnormBfloat16, arnormAlgoTwoShot}, {2, 4096, arnormFloat16, arnormAlgoTwoShot},
+        {2, 4096, arnormFloat32, arnormAlgoOneShot},  {4, 4096, arnormFloat32, arnormAlgoOneShot},
+        {5, 4096, arnormFloat32, arnormAlgoTwoShot},  {8, 4096, arnormFloat32, arnormAlgoTwoShot}};
+    if (expectPicks(comm, picks, sizeof picks / sizeof picks[0])) return 1;
     TU_OK(arnormCommSetAlgo(comm, arnormAlgoFallback));
     TU_OK(arnormCanFuse(comm, buf, 1, 4096, 4096, arnormBfloat16, &info));
     TU_CHECK(info.reason == arnormReasonDisabled, "disabled: %s", arnormGetReasonString(info.reason));
@@ -257,25 +269,13 @@ static int switchRank(int rank, int nranks, arnormUniqueId id, void *shared, voi
     cfg.oneShotMaxBytes = 64 << 10;
     arnormComm_t comm = NULL;
     TU_OK(arnormCommInitRank(&comm, nranks, id, rank, &cfg));
-    _Alignas(16) static uint16_t buf[64];
-    static const struct {
-        size_t tokens, hidden;
-        arnormDataType_t dtype;
-        arnormAlgo_t algo;
-    } picks[] = {{8, 4096, arnormBfloat16, arnormAlgoOneShot},  /* 64 KiB */
-                 {9, 4096, arnormBfloat16, arnormAlgoTwoShot},
-                 {4, 8192, arnormFloat16, arnormAlgoOneShot},   /* wide rows, 64 KiB */
-                 {5, 8192, arnormFloat16, arnormAlgoTwoShot},
-                 {4, 4096, arnormFloat32, arnormAlgoOneShot},   /* fp32, 64 KiB */
-                 {5, 4096, arnormFloat32, arnormAlgoTwoShot}};
-    arnormFuseInfo_t info;
-    for (size_t i = 0; i < sizeof picks / sizeof picks[0]; i++) {
-        TU_OK(arnormCanFuse(comm, buf, picks[i].tokens, picks[i].hidden, picks[i].hidden,
-                            picks[i].dtype, &info));
-        TU_CHECK(info.canFuse && info.algo == picks[i].algo, "%zu x %zu %s: algo %s, want %s",
-                 picks[i].tokens, picks[i].hidden, tuDtypeName(picks[i].dtype),
-                 arnormGetAlgoString(info.algo), arnormGetAlgoString(picks[i].algo));
-    }
+    static const Pick picks[] = {{8, 4096, arnormBfloat16, arnormAlgoOneShot}, /* 64 KiB */
+                                 {9, 4096, arnormBfloat16, arnormAlgoTwoShot},
+                                 {4, 8192, arnormFloat16, arnormAlgoOneShot}, /* wide, 64 KiB */
+                                 {5, 8192, arnormFloat16, arnormAlgoTwoShot},
+                                 {4, 4096, arnormFloat32, arnormAlgoOneShot}, /* fp32, 64 KiB */
+                                 {5, 4096, arnormFloat32, arnormAlgoTwoShot}};
+    if (expectPicks(comm, picks, sizeof picks / sizeof picks[0])) return 1;
     TU_OK(arnormCommDestroy(comm));
     return 0;
 }
