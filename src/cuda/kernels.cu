@@ -854,9 +854,12 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
     pdlTrigger();
 }
 
-/* The rank that owns `row` in the two-shot: the largest p with rows * p / n <= row. */
+/* The rank that owns `row` in the two-shot: the largest p with rows * p / n <= row. The
+ * first guess divides by the runtime row count: in 32 bits when the product fits (a 64-bit
+ * division is a software routine, on the path before the reduce-scatter's first store). */
 __device__ __forceinline__ int ownerOf(long long row, long long rows, int n) {
-    int p = (int)((row * n) / rows);
+    int p = rows < (1LL << 28) ? (int)((unsigned)(row * n) / (unsigned)rows)
+                               : (int)((row * n) / rows);
     while (p > 0 && rows * p / n > row) p--;
     while (p < n - 1 && rows * (p + 1) / n <= row) p++;
     return p;
@@ -891,6 +894,11 @@ __device__ __forceinline__ void forEachRow(unsigned *counter, long long total, l
     if (handOut) __syncthreads();
 }
 
+/* Calls of at most this many bytes per rank tensor announce after their reduce-scatter pushes
+ * too: session 9 (docs/performance.md, version 9) measured -0.2..-0.5 us at 16-128 rows x 4096
+ * and 8-64 x 8192 (up to 1 MiB), +0.3..+0.8 us at 2 MiB and above. */
+constexpr long long kTwoShotLateMaxBytes = 1 << 20;
+
 template <typename T, int N, int MaxT>
 __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     __shared__ float red[33];
@@ -906,11 +914,14 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     /* stage 1 walks the rows starting at the next rank's share (see there) */
     Chunk<T> first; /* as in the one-shot: loaded while the control block is read */
     if (blockIdx.x < others && threadIdx.x < nchunks)
-        loadUser(first, a.input, (blockIdx.x + r1) % rows, threadIdx.x, hidden, a.count, vec);
+        loadUser(first, a.input, blockIdx.x + r1 < rows ? blockIdx.x + r1 : blockIdx.x + r1 - rows,
+                 threadIdx.x, hidden, a.count, vec);
     /* TP2 calls of >= 1024 rows announce after their reduce-scatter pushes and clear, where
-     * the release's wait overlaps the wait for the peer (2048 x 4096 bf16: 63.6 -> 62.0 us);
+     * the release's wait overlaps the wait for the peer (2048 x 4096 bf16: 63.6 -> 62.0 us),
+     * and so do calls of up to 1 MiB, where the release's wait was on the first push's path;
      * the others at once (late: TP2 512 +0.8 us, session 5; TP4 2048 +4 us, session 6) */
-    const bool lateAnnounce = N == 2 && rows >= 1024;
+    const bool lateAnnounce = (N == 2 && rows >= 1024) ||
+                              rows * hidden * (long long)T::kSize <= kTwoShotLateMaxBytes;
     LamportState st = lamportBegin(a, !lateAnnounce);
     if (st.w.failed) return; /* as in the one-shot */
     arnormKCtrl *ctrl = a.ctrl;
@@ -929,7 +940,7 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
      * then r+2's, ... (rows r1, r1 + 1, ... modulo rows): at any moment the ranks push to
      * different owners instead of all to rank 0 first (no incast at TP >= 3). */
     forEachRow(&rowNext[0], others, shNext, [&](long long k) {
-        const long long row = (k + r1) % rows;
+        const long long row = k + r1 < rows ? k + r1 : k + r1 - rows; /* (k + r1) % rows */
         const int p = ownerOf(row, rows, N);
         const long long j = row - rows * p / N;
         char *dst = (char *)a.peerBuf[p] + slotOff + rank * rsStride + j * pitch;
@@ -1052,16 +1063,29 @@ struct LaunchShape {
 #endif
 constexpr long long kSplitMaxRows = ARNORM_SPLIT_MAX_ROWS;
 
+/* TP2 two-shot calls of rows up to 4096 elements and at most this many rows use the
+ * 512-thread build (97 registers, no spills, one block per SM): measured on H200 (session 9,
+ * docs/performance.md version 9), 256 / 512 rows 11.3 / 17.9 -> 10.7 / 17.5 us, 1024 +3.7
+ * us (half the blocks); at TP3-4 a tie up to 64 rows and a loss above. */
+#ifndef ARNORM_TWOSHOT_512_MAX_ROWS /* a build flag only for A/B runs */
+#define ARNORM_TWOSHOT_512_MAX_ROWS 512
+#endif
+constexpr long long kTwoShot512MaxRows = ARNORM_TWOSHOT_512_MAX_ROWS;
+
 /* One-shot kernels of rows up to 4096 elements (S <= 512) use the 512-thread build: no
  * register spills, the lowest latency; wider rows of calls of few rows too on sm_90, split
- * over a cluster of two blocks (RowSplit). Two-shot kernels always use the 1024-thread
- * build: its occupancy (two 512-thread blocks per SM) wins at large sizes. */
+ * over a cluster of two blocks (RowSplit). Two-shot kernels use the 1024-thread build
+ * (64 registers: two 512-thread blocks per SM, which wins at large sizes) except TP2 calls
+ * of few rows (kTwoShot512MaxRows). */
 template <typename T>
 LaunchShape pickLamport(int algo, int n, int slots, long long rows, int clusters) {
     const int half = (slots / 2 + 31) / 32 * 32; /* block size of a 2-block split */
     const bool split = algo == arnormKOneShot && slots > 512 && clusters && rows <= kSplitMaxRows;
 #define ARNORM_K(NN)                                                                           \
     case NN:                                                                                   \
+        if constexpr (NN == 2)                                                                 \
+            if (algo == arnormKTwoShot && slots <= 512 && rows <= kTwoShot512MaxRows)         \
+                return {(KernelFn)twoShotKernel<T, NN, 512>, slots, 1};                        \
         if (algo == arnormKTwoShot) return {(KernelFn)twoShotKernel<T, NN, 1024>, slots, 1};  \
         if (split) return {(KernelFn)oneShotKernel<T, NN, 512, 2>, half, 2};                   \
         return slots <= 512 ? LaunchShape{(KernelFn)oneShotKernel<T, NN, 512, 1>, slots, 1}    \
