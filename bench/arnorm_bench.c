@@ -7,6 +7,11 @@
  *   arnorm-bench [-g 2[,4..]] [-b 1] [-e 8192] [-f 2] [-t 1,8,32] [-H 4096] [-d bf16|fp16|fp32|all]
  *                [-n iters] [-w warmup] [-r repeats] [-G 0|1|2] [-B auto|cpu|cuda] [-c 0|1]
  *                [-C 0|1] [-a auto|oneshot|twoshot] [-o results.csv]
+ *
+ * Columns as nccl-tests' (time, algbw, busbw), then #wrong, the baseline's time and the
+ * speedup over it; in a GPU stream loop (eager) also host(us), the host's time to issue one
+ * call, and host/empty, that over an empty kernel launch's issue time measured right before
+ * it (median over repeats of the ratio).
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -63,19 +68,26 @@ static double median(double *v, int n) {
 
 /* The fused side (o->algo) and, with several ranks, the baseline (the fallback: all-reduce,
  * then the norm kernel), timed in alternation repeat by repeat so drift of the machine hits
- * both alike. Medians over repeats of the us per call, and of the host's us to issue one. */
+ * both alike. Medians over repeats of the us per call, and of the host's us to issue one.
+ * In a GPU stream loop each repeat also times an empty kernel's launches right before the
+ * fused calls: the host's cost per call over that launch's, repeat by repeat (the issue
+ * time of either moves by ~30% between runs on the lent machines; their ratio less). */
 typedef struct {
-    double fused, fusedHost, base, baseHost;
+    double fused, fusedHost, base, baseHost, hostRatio;
 } timing;
 
 static int measure(callCtx *c, const benchOpts *o, int graph, int withBase, timing *out) {
-    double t[64], h[64], bt[64], bh[64], dummy;
+    double t[64], h[64], bt[64], bh[64], ratio[64], dummy;
     const int reps = o->repeats < 64 ? o->repeats : 64;
+    const int withRatio = !graph && c->dev != &benchHost;
     for (int i = 0; i < reps; i++) {
         arnormCommSetAlgo(c->comm, o->algo);
         if (i == 0 && c->dev->time(fusedCall, c, o->warmup, graph, tuBarrier, &dummy) < 0)
             return -1;
+        double emptyHost = 0;
+        if (withRatio && c->dev->emptyKernel(o->iters, 0, &emptyHost) < 0) return -1;
         if ((t[i] = c->dev->time(fusedCall, c, o->iters, graph, tuBarrier, &h[i])) < 0) return -1;
+        ratio[i] = withRatio && emptyHost > 0 ? h[i] / emptyHost : -1;
         if (!withBase) continue;
         arnormCommSetAlgo(c->comm, arnormAlgoFallback);
         if (i == 0 && c->dev->time(fusedCall, c, o->warmup, graph, tuBarrier, &dummy) < 0)
@@ -88,6 +100,7 @@ static int measure(callCtx *c, const benchOpts *o, int graph, int withBase, timi
     out->fusedHost = median(h, reps);
     out->base = withBase ? median(bt, reps) : -1;
     out->baseHost = withBase ? median(bh, reps) : -1;
+    out->hostRatio = withRatio ? median(ratio, reps) : -1;
     return 0;
 }
 
@@ -133,9 +146,9 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
             printf("# #wrong of fallback rows: against NCCL's own bound (its ring rounds each "
                    "of the %d hops to the storage type)\n", nranks - 1);
         }
-        printf("#%7s %7s %5s %5s %9s %6s %10s %9s %9s %7s %10s %8s %8s\n", "tokens", "hidden",
-               "dtype", "world", "path", "mode", "time(us)", "algbw", "busbw", "#wrong",
-               "base(us)", "speedup", "host(us)");
+        printf("#%7s %7s %5s %5s %9s %6s %10s %9s %9s %7s %10s %8s %8s %10s\n", "tokens",
+               "hidden", "dtype", "world", "path", "mode", "time(us)", "algbw", "busbw",
+               "#wrong", "base(us)", "speedup", "host(us)", "host/empty");
         fflush(stdout);
         if (o->csv) {
             csv = fopen(o->csv, "a");
@@ -202,20 +215,22 @@ static int rankMain(int rank, int nranks, arnormUniqueId id, void *shared, void 
                 if (rank == 0) {
                     double algbw = bytes / t / 1e3, busbw = algbw * 2.0 * (nranks - 1) / nranks;
                     const char *mode = dev == &benchHost ? "host" : g ? "graph" : "eager";
-                    char wrongStr[24], baseStr[24], speedStr[24], hostStr[24];
+                    char wrongStr[24], baseStr[24], speedStr[24], hostStr[24], ratioStr[24];
                     snprintf(wrongStr, sizeof wrongStr, wrong < 0 ? "-" : "%lld", wrong);
                     snprintf(baseStr, sizeof baseStr, base < 0 ? "-" : "%.2f", base);
                     snprintf(speedStr, sizeof speedStr, base < 0 ? "-" : "%.2fx", base / t);
                     snprintf(hostStr, sizeof hostStr, g ? "-" : "%.2f", hostUs);
-                    printf(" %7zu %7zu %5s %5d %9s %6s %10.2f %9.2f %9.2f %7s %10s %8s %8s\n", T,
-                           H, tuDtypeName(dt), nranks, arnormGetAlgoString(info.algo), mode, t,
-                           algbw, busbw, wrongStr, baseStr, speedStr, hostStr);
+                    snprintf(ratioStr, sizeof ratioStr, tm.hostRatio < 0 ? "-" : "%.2fx",
+                             tm.hostRatio);
+                    printf(" %7zu %7zu %5s %5d %9s %6s %10.2f %9.2f %9.2f %7s %10s %8s %8s %10s\n",
+                           T, H, tuDtypeName(dt), nranks, arnormGetAlgoString(info.algo), mode, t,
+                           algbw, busbw, wrongStr, baseStr, speedStr, hostStr, ratioStr);
                     fflush(stdout);
                     if (csv)
-                        fprintf(csv, "%s,%s,%d,%zu,%zu,%s,%s,%.3f,%.3f,%.3f,%lld,%.3f,%zu,%.3f\n",
+                        fprintf(csv, "%s,%s,%d,%zu,%zu,%s,%s,%.3f,%.3f,%.3f,%lld,%.3f,%zu,%.3f,%.3f\n",
                                 dev->name, mode, nranks, T, H, tuDtypeName(dt),
                                 arnormGetAlgoString(info.algo), t, algbw, busbw, wrong, base,
-                                ws, hostUs);
+                                ws, hostUs, tm.hostRatio);
                 }
             }
             dev->release(dPartial); dev->release(dResidual); dev->release(dWeight);

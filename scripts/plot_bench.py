@@ -5,7 +5,7 @@ NCCL + norm baseline (dashed), one colour per world size. No dependencies.
     python3 scripts/plot_bench.py bench.csv out.svg [--hidden 4096] [--mode graph]
 
 CSV columns (arnorm-bench -o): device,mode,world,tokens,hidden,dtype,path,time_us,algbw,
-busbw,wrong,base_us,workspace_bytes[,host_us]
+busbw,wrong,base_us,workspace_bytes[,host_us[,host_ratio]]
 """
 import csv
 import math
