@@ -130,19 +130,17 @@ if has ab; then
   for h in ${AB_HIDDEN:-4096}; do
     ABT="-B cuda -g $WORLDS -t ${AB_TOKENS:-1,8,32,128,512,2048,8192} -H $h -d bf16 -G 1 -r 9"
     for i in 1 2; do
-      run ab_h${h}_default_$i 200 "$B" $ABT
+      run abh${h}_default_$i 200 "$B" $ABT
       for l in ${AB_LIBS:-}; do
-        LD_LIBRARY_PATH="$ROOT/${l#*=}:$LD_LIBRARY_PATH" run "ab_h${h}_lib_${l%%=*}_$i" 200 "$B" $ABT
+        LD_LIBRARY_PATH="$ROOT/${l#*=}:$LD_LIBRARY_PATH" run "abh${h}_lib-${l%%=*}_$i" 200 "$B" $ABT
       done
-      for v in ${AB_VARIANTS:-}; do run "ab_h${h}_${v}_$i" 200 env "$v" "$B" $ABT; done
+      for v in ${AB_VARIANTS:-}; do run "abh${h}_${v}_$i" 200 env "$v" "$B" $ABT; done
     done
   done
   run checkmode_off 120 "$B" -B cuda -g "${WORLDS##*,}" -t 1,128 -H 4096 -d bf16 -G 0
   run checkmode_on 120 "$B" -B cuda -g "${WORLDS##*,}" -t 1,128 -H 4096 -d bf16 -G 0 -C 1
-  echo "==== ab (graph us: tokens world path time base)"
-  for f in "$LOGS"/ab_*.log; do
-    echo "-- $(basename "$f" .log)"; awk '!/^#/ && NF>=12 && $6=="graph" {printf "%s/%s %s %s %s | ", $1,$4,$5,$7,$11} END {print ""}' "$f"
-  done | tee -a "$SUMMARY"
+  echo "==== ab (graph us per call, one column per library or setting, rounds 1/2)"
+  python3 scripts/ab_table.py "$LOGS" abh | tee -a "$SUMMARY"
   for f in checkmode_off checkmode_on; do
     echo "-- $f"; awk '!/^#/ && NF>=12 {printf "%s/%s %s %s | ", $1,$4,$6,$7} END {print ""}' "$LOGS/$f.log"
   done | tee -a "$SUMMARY"
