@@ -21,4 +21,5 @@ for r in 1 2; do for l in m9 v2 v2ns; do
   run os8 $l -g 2,3,4 -t 1,4,8,16,24,32,64,128 -H 8192 -d bf16 -G 1 -r 5 -a oneshot
   run au5 $l -g 2,4 -t 1,8,32,128,512,2048 -H 5376 -d bf16 -G 1 -r 5
 done; done
-python3 .carry/ab_table.py $O/ab  # (now scripts/ab_table.py) | tee $O/0summary.txt
+# .carry/ab_table.py is now scripts/ab_table.py
+python3 .carry/ab_table.py $O/ab | tee $O/0summary.txt

@@ -13,7 +13,8 @@ for r in 1 2 3; do
   run ab/l_main_$r $PWD/build-gpu -g 3,4 -t 1024,2048,4096 -H 4096 -d bf16 -G 1 -r 5 -a twoshot
   run ab/l_la_$r $PWD/.carry/la -g 3,4 -t 1024,2048,4096 -H 4096 -d bf16 -G 1 -r 5 -a twoshot
 done
-python3 .carry/ab_table.py $O/ab  # (now scripts/ab_table.py) | tee $O/0summary.txt
+# .carry/ab_table.py is now scripts/ab_table.py
+python3 .carry/ab_table.py $O/ab | tee $O/0summary.txt
 for r in 1 2 3; do
   run host/h_$r $PWD/build-gpu -g 2,4 -t 1,8,128,512,2048 -H 4096 -d bf16 -G 2 -r 5
   { echo "-- host round $r"; grep -h 'empty kernel' $O/host/h_$r.log
