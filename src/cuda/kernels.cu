@@ -899,6 +899,13 @@ __device__ __forceinline__ void forEachRow(unsigned *counter, long long total, l
  * and 8-64 x 8192 (up to 1 MiB), +0.3..+0.8 us at 2 MiB and above. */
 constexpr long long kTwoShotLateMaxBytes = 1 << 20;
 
+/* The two-shot's k-th pushed row, (k + r1) % rows for k < rows, as a compare: stage 1 walks
+ * the rows from the next rank's share on (see there), and a 64-bit modulo is a software
+ * routine on the path before the first store. */
+__device__ __forceinline__ long long pushRow(long long k, long long r1, long long rows) {
+    return k + r1 < rows ? k + r1 : k + r1 - rows;
+}
+
 template <typename T, int N, int MaxT>
 __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     __shared__ float red[33];
@@ -914,8 +921,7 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     /* stage 1 walks the rows starting at the next rank's share (see there) */
     Chunk<T> first; /* as in the one-shot: loaded while the control block is read */
     if (blockIdx.x < others && threadIdx.x < nchunks)
-        loadUser(first, a.input, blockIdx.x + r1 < rows ? blockIdx.x + r1 : blockIdx.x + r1 - rows,
-                 threadIdx.x, hidden, a.count, vec);
+        loadUser(first, a.input, pushRow(blockIdx.x, r1, rows), threadIdx.x, hidden, a.count, vec);
     /* TP2 calls of >= 1024 rows announce after their reduce-scatter pushes and clear, where
      * the release's wait overlaps the wait for the peer (2048 x 4096 bf16: 63.6 -> 62.0 us),
      * and so do calls of up to 1 MiB, where the release's wait was on the first push's path;
@@ -940,7 +946,7 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
      * then r+2's, ... (rows r1, r1 + 1, ... modulo rows): at any moment the ranks push to
      * different owners instead of all to rank 0 first (no incast at TP >= 3). */
     forEachRow(&rowNext[0], others, shNext, [&](long long k) {
-        const long long row = k + r1 < rows ? k + r1 : k + r1 - rows; /* (k + r1) % rows */
+        const long long row = pushRow(k, r1, rows);
         const int p = ownerOf(row, rows, N);
         const long long j = row - rows * p / N;
         char *dst = (char *)a.peerBuf[p] + slotOff + rank * rsStride + j * pitch;
