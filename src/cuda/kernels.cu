@@ -374,15 +374,20 @@ __device__ __forceinline__ void clusterSync() {}
 
 /*
  * Sum of one float per slot by the tree of numerics.h; every thread of the block (of the
- * cluster when CS > 1) calls it and gets the total. red: 2 x 33 floats of shared memory;
- * `parity` alternates from one call to the next, so a cluster peer still reading this
- * call's warp sums is never overwritten by the next call's (one cluster barrier a call).
+ * cluster when CS > 1) calls it and gets the total. One barrier: every warp then sums the
+ * warp sums itself, the same values in the same lanes, so every thread gets the same bits
+ * (an xor butterfly leaves the same sum in every lane) without a second barrier to hand
+ * warp 0's total out. red: 2 x 32 floats of shared memory, `parity` alternating from one
+ * call to the next: a warp may write the next row's warp sum while a slower one still reads
+ * this row's, and the barrier of the row after that comes only once every warp has read
+ * them (a cluster peer likewise).
  */
+constexpr int kTreeFloats = 2 * 32; /* rowTree's shared memory */
 template <int CS>
 __device__ __forceinline__ float rowTree(float v, float *red, int parity) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int nw = blockDim.x >> 5;
-    float *r = red + 33 * parity;
+    float *r = red + 32 * parity;
 #pragma unroll
     for (int o = 16; o >= 1; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
     if (lane == 0) r[warp] = v;
@@ -392,24 +397,20 @@ __device__ __forceinline__ float rowTree(float v, float *red, int parity) {
         clusterSync();
     }
     STAMP(kStWarpSums);
-    if (warp == 0) {
-        float u = 0.0f;
-        if constexpr (CS == 1) {
-            if (lane < nw) u = r[lane];
-        } else {
+    float u = 0.0f;
+    if constexpr (CS == 1) {
+        if (lane < nw) u = r[lane];
+    } else {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-            /* lane l holds the warp sum of the cluster's warp l: block l / nw, warp l % nw */
-            const int owner = lane / nw;
-            if (owner < CS) u = cooperative_groups::this_cluster().map_shared_rank(r, owner)[lane % nw];
+        /* lane l holds the warp sum of the cluster's warp l: block l / nw, warp l % nw */
+        const int owner = lane / nw;
+        if (owner < CS) u = cooperative_groups::this_cluster().map_shared_rank(r, owner)[lane % nw];
 #endif
-        }
-#pragma unroll
-        for (int o = 16; o >= 1; o >>= 1) u = __fadd_rn(u, __shfl_xor_sync(0xffffffffu, u, o));
-        if (lane == 0) r[32] = u;
     }
-    __syncthreads();
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) u = __fadd_rn(u, __shfl_xor_sync(0xffffffffu, u, o));
     STAMP(kStTree);
-    return r[32];
+    return u;
 }
 
 /*
@@ -538,12 +539,13 @@ __device__ __forceinline__ bool isVec(const arnormKArgs &a) {
 
 template <typename T>
 __global__ void __launch_bounds__(1024) normKernel(const arnormKArgs a) {
-    __shared__ float red[33];
+    __shared__ float red[kTreeFloats];
     pdlWait();
     const bool vec = isVec(a);
     const bool addRes = a.residual != nullptr;
-    for (long long row = blockIdx.x; row < a.rows; row += gridDim.x) {
-        finishRow<T>(a, row, addRes, vec, red, 0, wholeRow(), [&](long long c, float x[8]) {
+    int parity = 0; /* rowTree's halves, alternating: no barrier between rows */
+    for (long long row = blockIdx.x; row < a.rows; row += gridDim.x, parity ^= 1) {
+        finishRow<T>(a, row, addRes, vec, red, parity, wholeRow(), [&](long long c, float x[8]) {
             Chunk<T> in;
             loadUser(in, a.input, row, c, a.hidden, a.count, vec);
             mapNegZero(in);
@@ -566,7 +568,7 @@ __global__ void __launch_bounds__(1024) normKernel(const arnormKArgs a) {
  */
 template <typename T, int MaxT, int MinBlocks>
 __global__ void __launch_bounds__(MaxT, MinBlocks) normKernelPipelined(const arnormKArgs a) {
-    __shared__ float red[33];
+    __shared__ float red[kTreeFloats];
     pdlWait();
     const bool vec = isVec(a);
     const long long hidden = a.hidden, nchunks = (hidden + 7) / 8;
@@ -586,7 +588,8 @@ __global__ void __launch_bounds__(MaxT, MinBlocks) normKernelPipelined(const arn
     if (mine) loadWeight<T>(wsum, a.weight, a.weightType == 2, c, hidden, vec);
 #pragma unroll
     for (int i = 0; i < 8; i++) wsum[i] = __fadd_rn(a.weightBias, wsum[i]);
-    for (; row < a.rows; row += gridDim.x) {
+    int parity = 0; /* rowTree's halves, alternating: no barrier between rows */
+    for (; row < a.rows; row += gridDim.x, parity ^= 1) {
         const long long next = row + gridDim.x;
         if (next < a.rows && mine) {
             loadUser(inNext, a.input, next, c, hidden, a.count, vec);
@@ -603,7 +606,7 @@ __global__ void __launch_bounds__(MaxT, MinBlocks) normKernelPipelined(const arn
             addSquares(x, sumsq);
         }
         if (a.doNorm) {
-            const float s = rowScale(rowTree<1>(sumsq, red, 0), hidden, a.eps);
+            const float s = rowScale(rowTree<1>(sumsq, red, parity), hidden, a.eps);
             if (mine) {
                 Chunk<T> o;
 #pragma unroll
@@ -781,7 +784,7 @@ __device__ __forceinline__ void sumRanks(float x[8], const arnormKArgs &a, long 
  * see RowSplit and pickLamport). */
 template <typename T, int N, int MaxT, int CS>
 __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
-    __shared__ float red[2 * 33];
+    __shared__ float red[kTreeFloats];
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
     if constexpr (CS > 1) __trap(); /* clusters: sm_90+ only (the host never asks before) */
 #endif
@@ -836,7 +839,7 @@ __global__ void __launch_bounds__(MaxT) oneShotKernel(const arnormKArgs a) {
     /* 3. wait, sum in rank order, residual, norm */
     const unsigned peers = ((1u << N) - 1u) & ~(1u << rank);
     int parity = 0;
-    for (long long row = unit; row < a.rows; row += units, parity ^= (CS > 1)) {
+    for (long long row = unit; row < a.rows; row += units, parity ^= 1) {
         finishRow<T, CS>(a, row, a.residual != nullptr, vec, red, parity, sp,
                          [&](long long c, float x[8]) {
             sumRanks<T, N>(x, a, row, c, hidden, vec, rank, peers, mine + slotOff + row * pitch + c * cb,
@@ -908,7 +911,7 @@ __device__ __forceinline__ long long pushRow(long long k, long long r1, long lon
 
 template <typename T, int N, int MaxT>
 __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
-    __shared__ float red[33];
+    __shared__ float red[kTreeFloats];
     pdlWait();
     const unsigned long long tStart = TS_NOW();
     (void)tStart;
@@ -989,7 +992,9 @@ __global__ void __launch_bounds__(MaxT) twoShotKernel(const arnormKArgs a) {
     forEachRow(&rowNext[2], others, shNext, [&](long long k) {
         const long long row = k < r0 ? k : k + (r1 - r0);
         const int owner = ownerOf(row, rows, N);
-        finishRow<T>(a, row, false, vec, red, 0, wholeRow(), [&](long long c, float x[8]) {
+        /* rowTree's other half: no barrier after stage 3's last row when it hands nothing
+         * out (between rows of a stage, forEachRow's barrier orders them) */
+        finishRow<T>(a, row, false, vec, red, 1, wholeRow(), [&](long long c, float x[8]) {
             Chunk<T> v[1];
             spinChunks(v, mine + slotOff + agOff + row * pitch + c * cb, 0, 1u, st.w, ctrl,
                        owner);
