@@ -558,7 +558,9 @@ __global__ void __launch_bounds__(1024) normKernel(const arnormKArgs a) {
 }
 
 /*
- * Residual + RMSNorm of 16-bit rows of at most MaxT slots (one chunk per thread). Each block
+ * Residual + RMSNorm of 16-bit rows of at most MaxT slots (one chunk per thread), since
+ * session 12 only for rows normRowKernel does not take (unaligned tensors, H not a multiple
+ * of 8). Each block
  * loads the next row's input and residual before it finishes the current row, so two rows
  * of loads are in flight per block instead of one, and keeps weightBias + w in registers
  * for all its rows. Same operations in the same order as finishRow: the same bits (the GPU
@@ -616,6 +618,76 @@ __global__ void __launch_bounds__(MaxT, MinBlocks) normKernelPipelined(const arn
         }
         in = inNext;
         res = resNext;
+    }
+    __syncthreads();
+    pdlTrigger();
+}
+
+/*
+ * Residual + RMSNorm, one row per block, for 16-bit rows of whole aligned 16-byte chunks
+ * (isVec), at most MaxT chunks, one per thread: what the norm path runs for those rows. No
+ * state is carried from row to row, so few registers (ptxas is asked for MinBlocks blocks
+ * per SM: 4 x 512 threads, 32 registers, all 2048 threads of an SM resident) and every
+ * resident block's loads go out at once: more loads in flight than normKernelPipelined's
+ * two rows in two blocks an SM (61 registers), and fewer instructions a row (no loop
+ * state, no element checks: the host picks this kernel only for whole chunks,
+ * normRowsFit). Session 12 on H200: 8192 x 4096 bf16 71.2 -> 66.1 us, T = 1 1.96 -> 1.67.
+ * Same operations in the same order as finishRow: the same bits. h is kept as its 16-bit
+ * chunk and widened again for the norm (exact: h was rounded to T).
+ */
+template <typename T, int MaxT, int MinBlocks>
+__global__ void __launch_bounds__(MaxT, MinBlocks) normRowKernel(const arnormKArgs a) {
+    __shared__ float red[kTreeFloats];
+    pdlWait();
+    const long long hidden = a.hidden;
+    const int c = threadIdx.x;
+    const bool mine = c < hidden / 8, addRes = a.residual != nullptr;
+    const bool weightIsT = a.weightType != 2; /* else an fp32 weight */
+    int parity = 0; /* rowTree's halves: rows past the grid (over 2^31 - 1) alternate them */
+    for (long long row = blockIdx.x; row < a.rows; row += gridDim.x, parity ^= 1) {
+        const long long off = (row * hidden + 8LL * c) * T::kSize;
+        Chunk<T> h, wc;
+        float sumsq = 0.0f;
+        if (mine) {
+            Chunk<T> in, res;
+            loadChunkPlain(in, (const char *)a.input + off);
+            if (addRes) loadChunkPlain(res, (const char *)a.residual + off);
+            if (a.doNorm && weightIsT) loadChunkPlain(wc, (const char *)a.weight + 8LL * c * T::kSize);
+            float x[8];
+            if (addRes) {
+                /* finishRow's h = D(map(x) + r), map(-0) = +0, as D((x + r) + 0): a sum is -0
+                 * only for -0 + -0, which the + 0 maps like map(x) would; other sums (NaN
+                 * included: the add makes it canonical either way) are left as they are. One
+                 * add an element instead of mapNegZero's compares and selects. */
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    x[i] = roundTo<T>(__fadd_rn(__fadd_rn(getf(in, i), getf(res, i)), 0.0f));
+#pragma unroll
+                for (int i = 0; i < 8; i++) setf(h, i, x[i]);
+            } else {
+                mapNegZero(in);
+#pragma unroll
+                for (int i = 0; i < 8; i++) x[i] = getf(in, i);
+                h = residualStep<T>(x, false, res);
+            }
+            if (a.residualOut) storeChunk((char *)a.residualOut + off, h);
+            addSquares(x, sumsq);
+        }
+        if (!a.doNorm) continue;
+        const float s = rowScale(rowTree<1>(sumsq, red, parity), hidden, a.eps);
+        if (!mine) continue;
+        float w[8];
+        if (!weightIsT) {
+            loadWeight<T>(w, a.weight, 1, c, hidden, true);
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; i++) w[i] = getf(wc, i);
+        }
+        Chunk<T> y;
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            setf(y, i, __fmul_rn(__fmul_rn(getf(h, i), s), __fadd_rn(a.weightBias, w[i])));
+        storeChunk((char *)a.normOut + off, y);
     }
     __syncthreads();
     pdlTrigger();
@@ -1064,6 +1136,7 @@ struct LaunchShape {
     KernelFn fn;
     int threads; /* block size */
     int cs;      /* blocks per row (a cluster when > 1) */
+    bool rowPerBlock = false; /* grid = rows (normRowKernel), not the resident blocks */
 };
 
 /* Rows up to which a wide one-shot row is split over a cluster: measured on H200 at TP2,
@@ -1114,29 +1187,56 @@ LaunchShape pickLamport(int algo, int n, int slots, long long rows, int clusters
 #undef ARNORM_K
 }
 
-/* 16-bit norm rows of one chunk per slot (H <= 8192): pipelined, two 512-thread blocks per
- * SM or one of 1024 threads (64 registers either way); wider rows (several chunks per
- * slot) the plain kernel. */
+
+/* The norm path's kernel. 16-bit rows of whole aligned chunks (rowFit), at most 1024 of
+ * them: one row per block (normRowKernel), 32 registers (4 blocks of 512 an SM), or 42
+ * (3 blocks) when the grid fits in 3 blocks an SM (faster at few rows). Other 16-bit rows
+ * of one chunk per slot (H <= 8192): pipelined, two 512-thread blocks per SM or one of 1024
+ * threads. Wider rows (several chunks per slot) and fp32 rows: the plain kernel (fp32 one
+ * row per block spilled and was 1.3x slower at 8192 x 4096, docs/performance.md version 12). */
 template <typename T>
-KernelFn pickNorm(int slots, long long nchunks) {
-    if (nchunks > slots) return normKernel<T>;
-    return slots <= 512 ? normKernelPipelined<T, 512, 2> : normKernelPipelined<T, 1024, 1>;
+LaunchShape pickNorm(int slots, long long nchunks, long long rows, int smCount, bool rowFit) {
+    if constexpr (T::kSize == 4) {
+        return {(KernelFn)normKernel<T>, slots, 1};
+    } else {
+        if (rowFit) {
+            const bool few = rows <= 3LL * smCount;
+            LaunchShape sh = slots > 512 ? LaunchShape{(KernelFn)normRowKernel<T, 1024, 2>, slots, 1}
+                             : few       ? LaunchShape{(KernelFn)normRowKernel<T, 512, 3>, slots, 1}
+                                         : LaunchShape{(KernelFn)normRowKernel<T, 512, 4>, slots, 1};
+            sh.rowPerBlock = true;
+            return sh;
+        }
+        if (nchunks > slots) return {(KernelFn)normKernel<T>, slots, 1};
+        return slots <= 512 ? LaunchShape{(KernelFn)normKernelPipelined<T, 512, 2>, slots, 1}
+                            : LaunchShape{(KernelFn)normKernelPipelined<T, 1024, 1>, slots, 1};
+    }
 }
 
-LaunchShape pickKernel(int algo, int dtype, int n, int slots, long long nchunks, long long rows,
-                       int clusters) {
-    if (algo == arnormKNorm) {
-        switch (dtype) {
-        case 0: return {pickNorm<Bf16>(slots, nchunks), slots, 1};
-        case 1: return {pickNorm<Fp16>(slots, nchunks), slots, 1};
-        case 2: return {normKernel<Fp32>, slots, 1};
+/* normRowKernel's rows: whole aligned 16-byte chunks, at most 1024 a row, every element of
+ * the rows valid (what isVec checks in the kernel, and the count). */
+bool normRowsFit(const arnormKArgs *a) {
+    const uintptr_t m = (uintptr_t)a->input | (uintptr_t)a->residual | (uintptr_t)a->residualOut |
+                        (uintptr_t)a->normOut | (uintptr_t)a->weight;
+    return (m & 15u) == 0 && a->hidden % 8 == 0 && a->hidden / 8 <= 1024 &&
+           a->count == a->rows * a->hidden;
+}
+
+LaunchShape pickKernel(const arnormKArgs *a, int n, int slots) {
+    const long long nchunks = (a->hidden + 7) / 8;
+    if (a->algo == arnormKNorm) {
+        const bool fit = normRowsFit(a);
+        switch (a->dtype) {
+        case 0: return pickNorm<Bf16>(slots, nchunks, a->rows, a->smCount, fit);
+        case 1: return pickNorm<Fp16>(slots, nchunks, a->rows, a->smCount, fit);
+        case 2: return pickNorm<Fp32>(slots, nchunks, a->rows, a->smCount, fit);
         default: return {nullptr, 0, 1};
         }
     }
-    switch (dtype) {
-    case 0: return pickLamport<Bf16>(algo, n, slots, rows, clusters);
-    case 1: return pickLamport<Fp16>(algo, n, slots, rows, clusters);
-    case 2: return pickLamport<Fp32>(algo, n, slots, rows, clusters);
+    switch (a->dtype) {
+    case 0: return pickLamport<Bf16>(a->algo, n, slots, a->rows, a->clusters);
+    case 1: return pickLamport<Fp16>(a->algo, n, slots, a->rows, a->clusters);
+    case 2: return pickLamport<Fp32>(a->algo, n, slots, a->rows, a->clusters);
     default: return {nullptr, 0, 1};
     }
 }
@@ -1201,11 +1301,11 @@ extern "C" int arnormKLaunch(const arnormKArgs *a, void *stream) {
     if (a->dtype < 0 || a->dtype > 2 || a->rows <= 0 || a->hidden <= 0)
         return (int)cudaErrorInvalidValue;
     const int slots = arnormRowSlots((size_t)a->hidden);
-    const LaunchShape sh = pickKernel(a->algo, a->dtype, n, slots, (a->hidden + 7) / 8, a->rows,
-                                      a->clusters);
+    const LaunchShape sh = pickKernel(a, n, slots);
     if (!sh.fn) return (int)cudaErrorInvalidValue;
-    /* rows in flight: every block of the grid resident at once (the Lamport kernels spin) */
-    long long maxUnits = residentUnits(sh, a->algo, a->smCount);
+    /* rows in flight: every block of the grid resident at once (the Lamport kernels spin),
+     * or a block a row (the grid's x dimension holds 2^31 - 1) */
+    long long maxUnits = sh.rowPerBlock ? 0x7fffffffLL : residentUnits(sh, a->algo, a->smCount);
     if (a->maxUnits > 0 && a->maxUnits < maxUnits) maxUnits = a->maxUnits;
     long long units = a->rows < maxUnits ? a->rows : maxUnits;
     arnormKArgs k = *a;

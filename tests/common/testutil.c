@@ -162,6 +162,15 @@ int tuProblemMake(tuProblem *p, int nranks, size_t tokens, size_t hidden,
     if (!p->residual || !p->weight) return 1;
     tuFill(p->residual, n, dtype, tuMix(seed, 1), 4.0);
     tuFill(p->weight, hidden, weightType, tuMix(seed, 2), 0.5);
+    /* signed zeros, which every path maps to +0.0 in the partials (the Lamport paths' empty
+     * marker is -0.0) and not in the residual: -0 in every partial and the residual, in the
+     * partials only, in the residual only */
+    for (size_t i = 0; i < n; i++) {
+        const int all = i % 61 == 7, parts = i % 67 == 3, res = i % 71 == 5;
+        if (all || parts)
+            for (int r = 0; r < nranks; r++) tuStore(p->partials[r], i, dtype, -0.0);
+        if (all || res) tuStore(p->residual, i, dtype, -0.0);
+    }
     return 0;
 }
 
