@@ -625,34 +625,48 @@ __global__ void __launch_bounds__(MaxT, MinBlocks) normKernelPipelined(const arn
 
 /*
  * Residual + RMSNorm, one row per block, for 16-bit rows of whole aligned 16-byte chunks
- * (isVec), at most MaxT chunks, one per thread: what the norm path runs for those rows. No
+ * (isVec), at most K x MaxT chunks, K per thread (K = 1 up to H = 8192, 2 up to 16384):
+ * what the norm path runs for those rows. No
  * state is carried from row to row, so few registers (ptxas is asked for MinBlocks blocks
  * per SM: 4 x 512 threads, 32 registers, all 2048 threads of an SM resident) and every
  * resident block's loads go out at once: more loads in flight than normKernelPipelined's
  * two rows in two blocks an SM (61 registers), and fewer instructions a row (no loop
  * state, no element checks: the host picks this kernel only for whole chunks,
- * normRowsFit). Session 12 on H200: 8192 x 4096 bf16 71.2 -> 66.1 us, T = 1 1.96 -> 1.67.
+ * normRowsFit). Session 12 on H200: 8192 x 4096 bf16 71.2 -> 66.1 us, T = 1 1.96 -> 1.67;
+ * K = 2 (one block of 1024 an SM, 64 registers) 8192 x 16384 369 -> 306 us, still 1.21x
+ * torch.compile's norm there: with one block an SM nothing loads while it waits at the
+ * row's barrier.
  * Same operations in the same order as finishRow: the same bits. h is kept as its 16-bit
  * chunk and widened again for the norm (exact: h was rounded to T).
  */
-template <typename T, int MaxT, int MinBlocks>
+template <typename T, int MaxT, int MinBlocks, int K>
 __global__ void __launch_bounds__(MaxT, MinBlocks) normRowKernel(const arnormKArgs a) {
     __shared__ float red[kTreeFloats];
     pdlWait();
     const long long hidden = a.hidden;
-    const int c = threadIdx.x;
-    const bool mine = c < hidden / 8, addRes = a.residual != nullptr;
+    const bool addRes = a.residual != nullptr;
     const bool weightIsT = a.weightType != 2; /* else an fp32 weight */
     int parity = 0; /* rowTree's halves: rows past the grid (over 2^31 - 1) alternate them */
     for (long long row = blockIdx.x; row < a.rows; row += gridDim.x, parity ^= 1) {
-        const long long off = (row * hidden + 8LL * c) * T::kSize;
-        Chunk<T> h, wc;
+        /* slot t sums chunks t, t + S, ... in that order (S = blockDim.x), as finishRow */
+        long long off[K];
+        bool mine[K];
+        Chunk<T> h[K], wc[K];
         float sumsq = 0.0f;
-        if (mine) {
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            const int c = threadIdx.x + k * blockDim.x;
+            mine[k] = c < hidden / 8;
+            off[k] = (row * hidden + 8LL * c) * T::kSize;
+        }
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            if (!mine[k]) continue;
+            const int c = threadIdx.x + k * blockDim.x;
             Chunk<T> in, res;
-            loadChunkPlain(in, (const char *)a.input + off);
-            if (addRes) loadChunkPlain(res, (const char *)a.residual + off);
-            if (a.doNorm && weightIsT) loadChunkPlain(wc, (const char *)a.weight + 8LL * c * T::kSize);
+            loadChunkPlain(in, (const char *)a.input + off[k]);
+            if (addRes) loadChunkPlain(res, (const char *)a.residual + off[k]);
+            if (a.doNorm && weightIsT) loadChunkPlain(wc[k], (const char *)a.weight + 8LL * c * T::kSize);
             float x[8];
             if (addRes) {
                 /* finishRow's h = D(map(x) + r), map(-0) = +0, as D((x + r) + 0): a sum is -0
@@ -663,31 +677,35 @@ __global__ void __launch_bounds__(MaxT, MinBlocks) normRowKernel(const arnormKAr
                 for (int i = 0; i < 8; i++)
                     x[i] = roundTo<T>(__fadd_rn(__fadd_rn(getf(in, i), getf(res, i)), 0.0f));
 #pragma unroll
-                for (int i = 0; i < 8; i++) setf(h, i, x[i]);
+                for (int i = 0; i < 8; i++) setf(h[k], i, x[i]);
             } else {
                 mapNegZero(in);
 #pragma unroll
                 for (int i = 0; i < 8; i++) x[i] = getf(in, i);
-                h = residualStep<T>(x, false, res);
+                h[k] = residualStep<T>(x, false, res);
             }
-            if (a.residualOut) storeChunk((char *)a.residualOut + off, h);
+            if (a.residualOut) storeChunk((char *)a.residualOut + off[k], h[k]);
             addSquares(x, sumsq);
         }
         if (!a.doNorm) continue;
         const float s = rowScale(rowTree<1>(sumsq, red, parity), hidden, a.eps);
-        if (!mine) continue;
-        float w[8];
-        if (!weightIsT) {
-            loadWeight<T>(w, a.weight, 1, c, hidden, true);
-        } else {
 #pragma unroll
-            for (int i = 0; i < 8; i++) w[i] = getf(wc, i);
+        for (int k = 0; k < K; k++) {
+            if (!mine[k]) continue;
+            const int c = threadIdx.x + k * blockDim.x;
+            float w[8];
+            if (!weightIsT) {
+                loadWeight<T>(w, a.weight, 1, c, hidden, true);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) w[i] = getf(wc[k], i);
+            }
+            Chunk<T> y;
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                setf(y, i, __fmul_rn(__fmul_rn(getf(h[k], i), s), __fadd_rn(a.weightBias, w[i])));
+            storeChunk((char *)a.normOut + off[k], y);
         }
-        Chunk<T> y;
-#pragma unroll
-        for (int i = 0; i < 8; i++)
-            setf(y, i, __fmul_rn(__fmul_rn(getf(h, i), s), __fadd_rn(a.weightBias, w[i])));
-        storeChunk((char *)a.normOut + off, y);
     }
     __syncthreads();
     pdlTrigger();
@@ -1188,12 +1206,13 @@ LaunchShape pickLamport(int algo, int n, int slots, long long rows, int clusters
 }
 
 
-/* The norm path's kernel. 16-bit rows of whole aligned chunks (rowFit), at most 1024 of
+/* The norm path's kernel. 16-bit rows of whole aligned chunks (rowFit), at most 2048 of
  * them: one row per block (normRowKernel), 32 registers (4 blocks of 512 an SM), or 42
- * (3 blocks) when the grid fits in 3 blocks an SM (faster at few rows). Other 16-bit rows
- * of one chunk per slot (H <= 8192): pipelined, two 512-thread blocks per SM or one of 1024
- * threads. Wider rows (several chunks per slot) and fp32 rows: the plain kernel (fp32 one
- * row per block spilled and was 1.3x slower at 8192 x 4096, docs/performance.md version 12). */
+ * (3 blocks) when the grid fits in 3 blocks an SM (faster at few rows); rows of more than
+ * 1024 chunks two chunks a thread in blocks of 1024. Other 16-bit rows of one chunk per
+ * slot (H <= 8192): pipelined, two 512-thread blocks per SM or one of 1024 threads. Other
+ * wider rows (several chunks per slot) and fp32 rows: the plain kernel (fp32 one row per
+ * block spilled and was 1.3x slower at 8192 x 4096, docs/performance.md version 12). */
 template <typename T>
 LaunchShape pickNorm(int slots, long long nchunks, long long rows, int smCount, bool rowFit) {
     if constexpr (T::kSize == 4) {
@@ -1201,9 +1220,10 @@ LaunchShape pickNorm(int slots, long long nchunks, long long rows, int smCount, 
     } else {
         if (rowFit) {
             const bool few = rows <= 3LL * smCount;
-            LaunchShape sh = slots > 512 ? LaunchShape{(KernelFn)normRowKernel<T, 1024, 2>, slots, 1}
-                             : few       ? LaunchShape{(KernelFn)normRowKernel<T, 512, 3>, slots, 1}
-                                         : LaunchShape{(KernelFn)normRowKernel<T, 512, 4>, slots, 1};
+            LaunchShape sh = nchunks > 1024 ? LaunchShape{(KernelFn)normRowKernel<T, 1024, 1, 2>, slots, 1}
+                             : slots > 512   ? LaunchShape{(KernelFn)normRowKernel<T, 1024, 2, 1>, slots, 1}
+                             : few           ? LaunchShape{(KernelFn)normRowKernel<T, 512, 3, 1>, slots, 1}
+                                             : LaunchShape{(KernelFn)normRowKernel<T, 512, 4, 1>, slots, 1};
             sh.rowPerBlock = true;
             return sh;
         }
@@ -1213,12 +1233,12 @@ LaunchShape pickNorm(int slots, long long nchunks, long long rows, int smCount, 
     }
 }
 
-/* normRowKernel's rows: whole aligned 16-byte chunks, at most 1024 a row, every element of
+/* normRowKernel's rows: whole aligned 16-byte chunks, at most 2048 a row, every element of
  * the rows valid (what isVec checks in the kernel, and the count). */
 bool normRowsFit(const arnormKArgs *a) {
     const uintptr_t m = (uintptr_t)a->input | (uintptr_t)a->residual | (uintptr_t)a->residualOut |
                         (uintptr_t)a->normOut | (uintptr_t)a->weight;
-    return (m & 15u) == 0 && a->hidden % 8 == 0 && a->hidden / 8 <= 1024 &&
+    return (m & 15u) == 0 && a->hidden % 8 == 0 && a->hidden / 8 <= 2 * 1024 &&
            a->count == a->rows * a->hidden;
 }
 
