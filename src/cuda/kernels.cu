@@ -634,8 +634,10 @@ __global__ void __launch_bounds__(MaxT, MinBlocks) normKernelPipelined(const arn
  * state, no element checks: the host picks this kernel only for whole chunks,
  * normRowsFit). Session 12 on H200: 8192 x 4096 bf16 71.2 -> 66.1 us, T = 1 1.96 -> 1.67;
  * K = 2 (one block of 1024 an SM, 64 registers) 8192 x 16384 369 -> 306 us, still 1.21x
- * torch.compile's norm there: with one block an SM nothing loads while it waits at the
- * row's barrier.
+ * torch.compile's norm there: the second chunk's loads wait for the first chunk's store
+ * (the compiler may not move a load above a store that might alias), and with one block
+ * an SM nothing loads while it waits at the row's barrier (branch wip/norm-row2-two-blocks
+ * has both fixes, not yet measured).
  * Same operations in the same order as finishRow: the same bits. h is kept as its 16-bit
  * chunk and widened again for the norm (exact: h was rounded to T).
  */
