@@ -529,7 +529,9 @@ __device__ __forceinline__ void pdlTrigger() {
 #endif
 }
 
-__device__ __forceinline__ bool isVec(const arnormKArgs &a) {
+/* Every tensor 16-byte aligned and rows of whole chunks: 16-byte loads and stores (the
+ * kernels' test, and the host's for normRowKernel). */
+__host__ __device__ __forceinline__ bool isVec(const arnormKArgs &a) {
     uintptr_t m = (uintptr_t)a.input | (uintptr_t)a.residual | (uintptr_t)a.residualOut |
                   (uintptr_t)a.normOut | (uintptr_t)a.weight;
     return (m & 15u) == 0 && (a.hidden & 7) == 0;
@@ -1207,7 +1209,6 @@ LaunchShape pickLamport(int algo, int n, int slots, long long rows, int clusters
 #undef ARNORM_K
 }
 
-
 /* The norm path's kernel. 16-bit rows of whole aligned chunks (rowFit), at most 2048 of
  * them: one row per block (normRowKernel), 32 registers (4 blocks of 512 an SM), or 42
  * (3 blocks) when the grid fits in 3 blocks an SM (faster at few rows); rows of more than
@@ -1235,13 +1236,10 @@ LaunchShape pickNorm(int slots, long long nchunks, long long rows, int smCount, 
     }
 }
 
-/* normRowKernel's rows: whole aligned 16-byte chunks, at most 2048 a row, every element of
- * the rows valid (what isVec checks in the kernel, and the count). */
+/* normRowKernel's rows: whole aligned 16-byte chunks (isVec), at most 2048 a row, every
+ * element of the rows valid. */
 bool normRowsFit(const arnormKArgs *a) {
-    const uintptr_t m = (uintptr_t)a->input | (uintptr_t)a->residual | (uintptr_t)a->residualOut |
-                        (uintptr_t)a->normOut | (uintptr_t)a->weight;
-    return (m & 15u) == 0 && a->hidden % 8 == 0 && a->hidden / 8 <= 2 * 1024 &&
-           a->count == a->rows * a->hidden;
+    return isVec(*a) && a->hidden / 8 <= 2 * 1024 && a->count == a->rows * a->hidden;
 }
 
 LaunchShape pickKernel(const arnormKArgs *a, int n, int slots) {
